@@ -1,0 +1,1 @@
+"""fastssl: fast self-supervised representation learning."""

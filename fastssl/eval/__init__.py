@@ -1,0 +1,1 @@
+"""Evaluation: kNN monitor, online and offline linear probes."""

@@ -1,0 +1,1 @@
+"""Pure loss functions, each naming the equation it implements."""

@@ -1,0 +1,1 @@
+"""One module per method, each reading like its paper."""

@@ -1,0 +1,84 @@
+"""MoCo v2 — "Improved Baselines with Momentum Contrastive Learning" (Chen et al., 2020),
+on "Momentum Contrast for Unsupervised Visual Representation Learning" (He et al., 2020),
+as Mini-SSL runs it on CIFAR: symmetric loss, split-BN, shuffled keys.
+
+A query encoder f_q learns; a key encoder f_k follows it by EMA (θ_k ← m·θ_k + (1−m)·θ_q,
+applied before each forward pass). Each query is pulled towards the key of the other view
+of its image and pushed from a queue of K past keys (Eq. 1). Symmetric: both views serve as
+queries, the loss is the mean of the two directions, and the queue receives the keys of
+the second view only (Mini-SSL's ``loss_12``), ``batch`` keys per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastssl.distributed import gather
+from fastssl.losses.infonce import queue_info_nce
+from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
+from fastssl.models.heads import mlp
+from pipelines.batch import ViewBatch
+
+
+@dataclass(frozen=True)
+class MoCoV2Config:
+    temperature: float = 0.2  # τ (Mini-SSL script; the paper: 0.2)
+    momentum: float = 0.99  # key-encoder EMA m, constant (Mini-SSL CIFAR; Tiny-ImageNet 0.996)
+    queue_size: int = 4096  # K negatives (Mini-SSL CIFAR; Tiny-ImageNet 16384)
+    proj_hidden: int = 2048  # projection 512→2048→128, no BN (Mini-SSL heads.py)
+    proj_dim: int = 128
+    symmetric: bool = True  # both views as queries, loss averaged (Mini-SSL --symmetric)
+    shuffle_bn: bool = True  # shuffle the key batch across BN groups (He et al., §3.3)
+
+
+class MoCoV2(Method):
+    def __init__(self, cfg: MoCoV2Config, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim])
+        self.student = Encoder(backbone, projector)
+        self.teacher = EMATeacher(self.student)
+        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        self._new_keys: Tensor | None = None
+
+    def before_step(self, progress: Progress) -> None:
+        self.teacher.update(self.student, self.cfg.momentum)  # type: ignore[union-attr]
+
+    @torch.no_grad()
+    def keys(self, images: Tensor, views: int) -> Tensor:
+        """Key projections, with the batch shuffled within each view so every BN group of
+        the key encoder sees a different mix of images than the query encoder's."""
+        if not self.cfg.shuffle_bn:
+            return self.teacher(images)[1]  # type: ignore[misc]
+        n = images.shape[0] // views
+        order = torch.argsort(torch.rand(views, n, device=images.device), dim=1)
+        order = (order + n * torch.arange(views, device=images.device)[:, None]).flatten()
+        shuffled = self.teacher(images[order])[1]  # type: ignore[misc]
+        return torch.empty_like(shuffled).index_copy_(0, order, shuffled)
+
+    def forward(self, batch: ViewBatch) -> MethodOutput:
+        images = batch.views["global"]
+        features, queries = self.encode(images)
+        q1, q2 = queries.chunk(2)
+        k1, k2 = self.keys(images, 2).chunk(2)
+        # Both directions see the queue as it was before this step (Mini-SSL's later commit);
+        # the new keys go in after the optimiser step.
+        loss = queue_info_nce(q1, k2, self.queue, self.cfg.temperature)
+        if self.cfg.symmetric:
+            loss = 0.5 * (loss + queue_info_nce(q2, k1, self.queue, self.cfg.temperature))
+        self._new_keys = F.normalize(k2.float(), dim=1)
+        return MethodOutput(loss, {}, features.detach())
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: Progress) -> None:
+        """Enqueue this step's keys of the second view from every process, oldest out."""
+        keys = gather(self._new_keys)  # type: ignore[arg-type]
+        slots = (self.queue_pointer + torch.arange(len(keys), device=keys.device)) % len(self.queue)
+        self.queue.index_copy_(0, slots, keys.to(self.queue.dtype))
+        self.queue_pointer.copy_((self.queue_pointer + len(keys)) % len(self.queue))
+        self._new_keys = None

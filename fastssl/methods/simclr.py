@@ -1,0 +1,57 @@
+"""SimCLR — "A Simple Framework for Contrastive Learning of Visual Representations"
+(Chen et al., 2020).
+
+Two views of each image go through one encoder and projection head; each projection must
+pick out its partner among the candidates. By default the loss is Mini-SSL's cross-view
+InfoNCE: the N×N logits between the two views (no same-view negatives), both directions
+averaged, τ = 0.2. ``loss="nt_xent"`` gives the paper's NT-Xent (Eq. 1) over all 2N
+projections with 2N − 2 negatives, usually with τ = 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from fastssl.distributed import gather_with_grad, rank
+from fastssl.losses.infonce import batch_info_nce, nt_xent
+from fastssl.methods.base import Encoder, Method, MethodOutput
+from fastssl.models.heads import mlp
+from pipelines.batch import ViewBatch
+
+
+@dataclass(frozen=True)
+class SimCLRConfig:
+    temperature: float = 0.2  # τ (Mini-SSL script; the paper's NT-Xent: 0.5)
+    loss: Literal["cross_view", "nt_xent"] = "cross_view"
+    proj_hidden: int = 2048  # 512→2048 (BN, ReLU)→128 (BN), no biases (Mini-SSL SimCLR.py)
+    proj_dim: int = 128
+
+
+class SimCLR(Method):
+    def __init__(self, cfg: SimCLRConfig, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dims = [backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim]
+        self.student = Encoder(backbone, mlp(dims, hidden_bn=True, last_bn=True, bias=False))
+        self.teacher = None
+
+    def forward(self, batch: ViewBatch) -> MethodOutput:
+        features, projections = self.encode(batch.views["global"])
+        z1, z2 = projections.chunk(2)
+        n, tau = len(z1), self.cfg.temperature
+        if self.cfg.loss == "cross_view":
+            offset = rank() * n
+            loss = 0.5 * (
+                batch_info_nce(z1, gather_with_grad(z2), tau, offset)
+                + batch_info_nce(z2, gather_with_grad(z1), tau, offset)
+            )
+        else:
+            # Candidates: every process's [z1; z2] block; this process's block starts at 2n·rank.
+            candidates = gather_with_grad(projections)
+            local = torch.arange(2 * n, device=projections.device) + 2 * n * rank()
+            partner = torch.cat([local[n:], local[:n]])
+            loss = nt_xent(projections, candidates, local, partner, tau)
+        return MethodOutput(loss, {}, features.detach())

@@ -1,0 +1,60 @@
+"""SimCLR as Mini-SSL runs it (pc-cp/Benchmark-Methods-For-MNN).
+
+    accelerate launch recipes/simclr.py --data data/cifar10 [--method.loss nt_xent --method.temperature 0.5]
+
+Sources of the defaults: the same backbone, optimiser, schedule and views as the MoCo v2
+recipe (Mini-SSL's main_pretrain_evaluation.sh); cross-view InfoNCE with τ 0.2 and the
+512→2048 (BN, ReLU)→128 (BN) head from Mini-SSL's SimCLR.py. The paper's NT-Xent
+(2N − 2 negatives) with τ 0.5 is ``--method.loss nt_xent --method.temperature 0.5``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastssl.config import ModelConfig, TrainConfig  # noqa: E402
+from fastssl.methods.simclr import SimCLR, SimCLRConfig  # noqa: E402
+from fastssl.recipe import run_recipe  # noqa: E402
+from pipelines.views import ViewConfig, two_views  # noqa: E402
+
+replace = dataclasses.replace
+
+
+@dataclass(frozen=True)
+class Config(TrainConfig):
+    method: SimCLRConfig = field(default_factory=SimCLRConfig)
+
+
+CIFAR10 = Config(data=tyro.MISSING)  # type: ignore[arg-type]
+PRESETS = {
+    "cifar10": CIFAR10,
+    "cifar100": replace(
+        CIFAR10,
+        views=ViewConfig(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)),
+    ),
+    "tiny-imagenet": replace(
+        CIFAR10,
+        views=ViewConfig(size=64, mean=(0.4802, 0.4481, 0.3975), std=(0.2302, 0.2265, 0.2262)),
+        model=ModelConfig(maxpool=True),
+    ),
+}
+
+
+def main(args: list[str] | None = None) -> dict:
+    return run_recipe(
+        Config, PRESETS, "simclr",
+        build_method=lambda cfg, backbone: SimCLR(cfg.method, backbone),
+        build_views=lambda cfg: two_views(cfg.views),
+        args=args, program="simclr.py",
+    )
+
+
+if __name__ == "__main__":
+    main()

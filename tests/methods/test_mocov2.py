@@ -1,0 +1,75 @@
+import copy
+
+import torch
+
+from fastssl.methods.base import Progress
+from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config
+from fastssl.models.resnet import build_backbone
+from pipelines.batch import ViewBatch
+
+PROGRESS = Progress(epoch=0, step=0, steps_per_epoch=1, epochs=1)
+
+
+def small_moco(**overrides):
+    cfg = MoCoV2Config(queue_size=12, proj_hidden=16, proj_dim=8, **overrides)
+    backbone = build_backbone("resnet18", True, False, 4, "split_bn", 2)
+    return MoCoV2(cfg, backbone).to(memory_format=torch.channels_last)
+
+
+def batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    views = torch.randn(2 * n, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    return ViewBatch({"global": views}, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
+
+
+def test_teacher_gets_no_gradient_and_follows_by_ema():
+    torch.manual_seed(0)
+    method = small_moco()
+    out = method(batch())
+    out.loss.backward()
+    assert all(p.grad is None for p in method.teacher.parameters())
+    assert all(p.grad is not None for p in method.student.parameters())
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    before = copy.deepcopy(method.teacher.network)
+    method.before_step(PROGRESS)
+    for t, t0, s in zip(method.teacher.network.parameters(), before.parameters(), method.student.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.99 * t0 + 0.01 * s)
+
+
+def test_queue_takes_second_view_keys_and_wraps():
+    torch.manual_seed(0)
+    method = small_moco()
+    for step in range(4):  # 4 keys per step into 12 slots: the pointer wraps after 3 steps
+        method(batch(seed=step))
+        new_keys = method._new_keys.clone()
+        pointer = int(method.queue_pointer)
+        method.after_optimizer_step(PROGRESS)
+        slots = (torch.arange(4) + pointer) % 12
+        torch.testing.assert_close(method.queue[slots], new_keys)
+    assert int(method.queue_pointer) == 16 % 12
+    torch.testing.assert_close(method.queue.norm(dim=1), torch.ones(12))
+
+
+def test_shuffled_keys_equal_unshuffled_keys_without_batch_statistics():
+    torch.manual_seed(0)
+    method = small_moco()
+    method.eval()  # BN from running statistics: shuffling must then change nothing
+    images = batch().views["global"]
+    shuffled = method.keys(images, 2)
+    plain = method.teacher(images)[1]
+    torch.testing.assert_close(shuffled, plain)
+
+
+def test_symmetric_loss_is_mean_of_directions():
+    torch.manual_seed(0)
+    method = small_moco()
+    method.eval()
+    b = batch()
+    symmetric = method(b).loss
+    method.cfg = MoCoV2Config(queue_size=12, proj_hidden=16, proj_dim=8, symmetric=False, shuffle_bn=False)
+    one_way = method(b).loss
+    swapped = ViewBatch({"global": torch.cat(b.views["global"].chunk(2)[::-1])}, b.indices, b.labels, {})
+    other_way = method(swapped).loss
+    torch.testing.assert_close(symmetric, 0.5 * (one_way + other_way))

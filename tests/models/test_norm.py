@@ -1,0 +1,58 @@
+import torch
+import torch.nn.functional as F
+
+from fastssl.models.norm import SplitBatchNorm2d
+from fastssl.models.resnet import ResNet, build_backbone
+
+
+def test_split_bn_is_bn_per_group_in_channels_last():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 5, 4, 3, generator=g).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    layer = SplitBatchNorm2d(5, num_splits=3)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.uniform_(-0.5, 0.5)
+    out = layer(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    reference = torch.cat([
+        F.batch_norm(part.contiguous(), None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+        for part in x.chunk(3)
+    ])
+    torch.testing.assert_close(out, reference)
+    grad = torch.randn(out.shape, generator=g)
+    (dx,) = torch.autograd.grad(out, x, grad, retain_graph=True)
+    (dx_ref,) = torch.autograd.grad(reference, x, grad)
+    torch.testing.assert_close(dx, dx_ref)
+
+
+def test_split_bn_running_stats_average_the_groups():
+    x = torch.randn(8, 3, 4, 4)
+    layer = SplitBatchNorm2d(3, num_splits=2, momentum=0.5)
+    layer(x)
+    groups = x.view(2, 4, 3, 4, 4)
+    mean = groups.mean(dim=(1, 3, 4)).mean(0)
+    var = groups.var(dim=(1, 3, 4), unbiased=True).mean(0)
+    torch.testing.assert_close(layer.running_mean, 0.5 * mean)
+    torch.testing.assert_close(layer.running_var, 0.5 + 0.5 * var)
+    layer.eval()  # evaluation is plain BN with the running statistics
+    expected = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_backbone_shapes_and_torchvision_names():
+    import torchvision
+
+    net = build_backbone("resnet18", True, False, 64, "split_bn", 2)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert net(x).shape == (4, 512)
+    assert net.forward_map(x).shape == (4, 512, 4, 4)
+    reference = torchvision.models.resnet18()
+    ours = ResNet("resnet18", cifar_stem=False, maxpool=True)
+    names = {k for k in reference.state_dict() if not k.startswith("fc.")}
+    assert names == set(ours.state_dict())
+    ours.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")})
+    reference.fc = torch.nn.Identity()
+    reference.eval(), ours.eval()
+    image = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(ours(image), reference(image))
