@@ -18,7 +18,8 @@ class ModelConfig:
     maxpool: bool = False  # stem max-pool: dropped for CIFAR, kept for Tiny-ImageNet (Mini-SSL)
     width: int = 64  # channels of the first stage (64 in the paper)
     norm: Literal["bn", "split_bn", "sync_bn"] = "split_bn"
-    bn_splits: int = 8  # split-BN groups per view of the global batch, shared out over processes (Mini-SSL: 8 of 32 images)
+    # Split-BN groups per view of the global batch, shared out over processes (Mini-SSL: 8 of 32 images).
+    bn_splits: int = 8
 
 
 @dataclass(frozen=True)

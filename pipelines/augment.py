@@ -11,7 +11,8 @@ small parameter tensors are sent to the device asynchronously.
 
 Images are float N×3×H×W in [0, 1] (any memory format), except ``RandomResizedCrop``,
 which also takes uint8 input, a padded batch of variable-size images with per-image
-``sizes`` (N×2: height, width), and does the uint8→float conversion for free.
+``sizes`` (N×2: height, width), converts uint8 to float in the pass that lays the
+batch out for its matrix products, and can fold a horizontal flip into its matrices.
 
 The semantics follow torchvision's transforms (checked op by op in the tests):
 RandomResizedCrop's ten tries with centre fallback and antialiased bilinear resampling,
@@ -26,15 +27,21 @@ How the work is batched, since every image has its own parameters:
   (``W_y @ image @ W_xᵀ``), two batched matrix products per op on CPU and GPU alike,
   with crop, antialiasing, reflect padding, a horizontal flip and the uint8 scaling
   folded into the matrices.
-* Brightness, contrast, saturation, grayscale and normalisation are per-image affine
-  colour maps (3×3 matrix plus offset, then torchvision's clamp where it has one), one
-  batched product for the whole batch; images that skip the step get the identity.
-* Hue, which is not affine, and blur run only on the images that draw them: the index
-  lists come from the CPU-side parameters, so no device synchronisation is needed.
+* Brightness, contrast and saturation are per-image affine colour maps
+  (``clamp(f·pixel + (1 − f)·reference, 0, 1)`` with reference 0, the mean gray or the
+  gray pixel), one pass over the whole batch per position of the random order; images
+  that skip the step get the identity (f = 1).
+* Hue, grayscale, blur, flip and solarize run only on the images that draw them: the
+  index lists come from the CPU-side parameters, so no device synchronisation is needed.
+* Ops take ``inplace=True`` where the caller owns the batch (a view pipeline's
+  intermediate results): fresh full-batch tensors cost page faults on CPU.
+* Per-pixel work is plain float arithmetic (min, max, clamp, floor, multiply-add):
+  comparisons, ``where`` and ``remainder`` are several times slower on CPU.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -44,6 +51,11 @@ from torch import Tensor
 
 def _to_device(t: Tensor, device: torch.device) -> Tensor:
     return t.to(device, non_blocking=True)
+
+
+def _constant(values: tuple[float, ...], device: torch.device) -> Tensor:
+    """A small float tensor made on the CPU and sent without waiting for the device."""
+    return _to_device(torch.tensor(values, dtype=torch.float32), device)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
@@ -57,61 +69,62 @@ def _bernoulli(n: int, p: float, generator: torch.Generator) -> Tensor:
 def _apply_matrices(images: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """``rows @ image @ colsᵀ`` for every image and channel: N×C×H×W → N×C×h×w.
 
-    Two batched products: the columns first, with each image's channels and rows stacked
-    into one (C·H)×W matrix, then the rows, shared by the channels.
+    Works in "NHCW" memory, each image row holding its channels' rows side by side, where
+    both steps are plain batched products without copies: the columns of the N×(H·C)×W
+    matrix, then the rows of the N×H×(C·w) one. The result keeps that memory layout.
     """
     n, c, h, w = images.shape
-    across = torch.bmm(images.reshape(n, c * h, w), cols.transpose(1, 2))  # N×(C·H)×w'
-    return rows.unsqueeze(1) @ across.view(n, c, h, -1)
+    stacked = images.permute(0, 2, 1, 3).reshape(n, h * c, w)  # a copy unless NHCW already
+    across = torch.bmm(stacked, cols.transpose(1, 2))  # N×(H·C)×w'
+    out = torch.bmm(rows, across.view(n, h, -1))  # N×h'×(C·w')
+    return out.view(n, rows.shape[1], c, -1).permute(0, 2, 1, 3)
 
 
-def _colour_map(images: Tensor, matrix: Tensor, offset: Tensor, channels_last: bool = False) -> Tensor:
-    """``matrix @ pixel + offset`` for every pixel, per image (N×3×3, N×3).
-
-    ``channels_last`` computes the transposed product, whose result is already in
-    channels-last memory (what a convolutional backbone wants), at no extra pass.
-    """
-    n, c, h, w = images.shape
-    flat = images.reshape(n, c, h * w)
-    if channels_last:
-        out = torch.baddbmm(offset.unsqueeze(1), flat.transpose(1, 2), matrix.transpose(1, 2))
-        return out.view(n, h, w, c).permute(0, 3, 1, 2)  # N×HW×C memory = channels-last
-    return torch.baddbmm(offset.unsqueeze(2), matrix, flat).view(n, c, h, w)
+def _per_image(values: Tensor) -> Tensor:
+    """N values → N×1×1×1, to broadcast over an N×C×H×W batch."""
+    return values[:, None, None, None]
 
 
-def _subset(images: Tensor, chosen: Tensor, op, *args: Tensor) -> Tensor:
-    """``op`` applied to the images where ``chosen`` (N bool, CPU); the rest pass through.
-
-    ``args`` are per-image parameters (already on the device); the selection happens on
-    the device with an index built on the CPU.
-    """
+def _subset(images: Tensor, chosen: Tensor, op, *args: Tensor, inplace: bool = False) -> Tensor:
+    """``op(images, *args)`` on the images where ``chosen`` (N bool, on the CPU); the
+    others pass through. ``args`` are per-image parameters, already on the device;
+    ``inplace`` lets it write into ``images`` (use the returned tensor either way)."""
     if not chosen.any():
         return images
     if chosen.all():
         return op(images, *args)
     index = _to_device(chosen.nonzero().squeeze(1), images.device)
     done = op(images.index_select(0, index), *(a.index_select(0, index) for a in args))
-    return images.index_copy(0, index, done)
+    return images.index_copy_(0, index, done) if inplace else images.index_copy(0, index, done)
 
 
-def resample_matrix(start: Tensor, length: Tensor, in_size: int, out_size: int) -> Tensor:
+def resample_matrix(
+    start: Tensor, length: Tensor, in_size: int, out_size: int, reverse: Tensor | None = None
+) -> Tensor:
     """Antialiased bilinear resampling of the segment [start, start+length) to out_size.
 
     Returns N×out_size×in_size weights. This is PyTorch's ``interpolate(mode="bilinear",
     antialias=True, align_corners=False)`` on the cropped segment (the PIL filter): a
     triangle kernel widened by the scale when downscaling, cut at the crop border and
     renormalised — which for upscaling equals plain bilinear with edge clamping.
+    ``reverse`` (N bool) mirrors the output of the chosen images (a horizontal flip).
     """
+    device = start.device
     start, length = start.float(), length.float()
     scale = length / out_size
-    support = scale.clamp(min=1.0)
-    device = start.device
-    centre = scale[:, None] * (torch.arange(out_size, device=device) + 0.5)
-    source = torch.arange(in_size, device=device)[None, None, :] - start[:, None, None]
-    distance = (source + 0.5 - centre[:, :, None]) / support[:, None, None]
-    inside = (source >= 0) & (source < length[:, None, None])
-    weights = (1 - distance.abs()).clamp(min=0) * inside
-    return weights / weights.sum(-1, keepdim=True)
+    inverse_support = 1 / scale.clamp(min=1.0)
+    # Source pixels relative to the crop; 1 inside it, 0 outside (integers: no comparisons).
+    source = torch.arange(in_size, device=device, dtype=torch.float32)[None, :] - start[:, None]
+    inside = (source + 1).clamp_(0, 1) * (length[:, None] - source).clamp_(0, 1)  # N×in
+    # Output pixel centres, mirrored where reversed: x + ½ ↦ out_size − (x + ½).
+    centre = torch.arange(out_size, device=device, dtype=torch.float32)[None, :] + 0.5
+    if reverse is not None:
+        centre = centre + reverse.float()[:, None] * (out_size - 2 * centre)
+    centre = scale[:, None] * centre  # N×out, in source pixels from the crop's start
+    distance = (source[:, None, :] + 0.5 - centre[:, :, None]).abs_()
+    weights = distance.mul_(inverse_support[:, None, None]).neg_().add_(1).clamp_(min=0)
+    weights.mul_(inside[:, None, :])
+    return weights.div_(weights.sum(-1, keepdim=True))
 
 
 @dataclass
@@ -151,12 +164,8 @@ class RandomResizedCrop:
         # Centre fallback: the whole image, clamped to the aspect-ratio range.
         height, width = height.squeeze(1), width.squeeze(1)
         in_ratio = width / height
-        fall_w = torch.where(
-            in_ratio > self.ratio[1], torch.round(height * self.ratio[1]), width
-        )
-        fall_h = torch.where(
-            in_ratio < self.ratio[0], torch.round(width / self.ratio[0]), height
-        )
+        fall_w = torch.where(in_ratio > self.ratio[1], torch.round(height * self.ratio[1]), width)
+        fall_h = torch.where(in_ratio < self.ratio[0], torch.round(width / self.ratio[0]), height)
         h = torch.where(found, h, fall_h)
         w = torch.where(found, w, fall_w)
         top_random = torch.floor(torch.rand(n, generator=generator) * (height - h + 1))
@@ -168,16 +177,17 @@ class RandomResizedCrop:
     def __call__(self, images: Tensor, params: CropParams, flip: Tensor | None = None) -> Tensor:
         """Crop and resize; ``flip`` (N bool, optional) also mirrors the chosen images,
         as ``RandomHorizontalFlip`` after the crop would, at no extra cost."""
-        boxes = _to_device(params.boxes, images.device)
+        device = images.device
+        boxes = _to_device(params.boxes, device)
+        flip = None if flip is None else _to_device(flip, device)
         rows = resample_matrix(boxes[:, 0], boxes[:, 2], images.shape[-2], self.size)
-        cols = resample_matrix(boxes[:, 1], boxes[:, 3], images.shape[-1], self.size)
-        if flip is not None:
-            flip = _to_device(flip, images.device)[:, None, None]
-            cols = torch.where(flip, cols.flip(1), cols)  # output column x reads column s−1−x
+        cols = resample_matrix(boxes[:, 1], boxes[:, 3], images.shape[-1], self.size, flip)
         if images.dtype == torch.uint8:
             rows = rows / 255.0  # uint8 → [0, 1] folded into the weights
-        images = images.to(torch.float32, memory_format=torch.contiguous_format)
-        return _apply_matrices(images, rows, cols)
+        # To float in the NHCW memory the products want, in one pass; the result back to
+        # plain NCHW, where per-channel planes are contiguous for the colour ops.
+        rows_first = images.permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
+        return _apply_matrices(rows_first.permute(0, 2, 1, 3), rows, cols).contiguous()
 
 
 class RandomHorizontalFlip:
@@ -187,9 +197,8 @@ class RandomHorizontalFlip:
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         return _bernoulli(n, self.p, generator)
 
-    def __call__(self, images: Tensor, flip: Tensor) -> Tensor:
-        flip = _to_device(flip, images.device)[:, None, None, None]
-        return torch.where(flip, images.flip(-1), images)
+    def __call__(self, images: Tensor, flip: Tensor, inplace: bool = False) -> Tensor:
+        return _subset(images, flip, lambda chosen: chosen.flip(-1), inplace=inplace)
 
 
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, torchvision's weights
@@ -198,21 +207,17 @@ LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, torchvision's weights
 def rgb_to_grayscale(images: Tensor) -> Tensor:
     """ITU-R 601-2 luma, as torchvision: N×3×H×W → N×1×H×W."""
     r, g, b = images.unbind(1)
-    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
-
-
-def _gray_matrix(device: torch.device) -> Tensor:
-    """3×3 matrix whose every row is the luma weights: pixel → its gray in each channel."""
-    return torch.tensor(LUMA, device=device).expand(3, 3)
+    gray = torch.mul(r, LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2])
+    return gray.unsqueeze(1)
 
 
 def _blend(images: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    factor = factor[:, None, None, None]
+    factor = _per_image(factor)
     return (factor * images + (1 - factor) * other).clamp(0, 1)
 
 
 def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
-    return (images * factor[:, None, None, None]).clamp(0, 1)
+    return (images * _per_image(factor)).clamp(0, 1)
 
 
 def adjust_contrast(images: Tensor, factor: Tensor) -> Tensor:
@@ -227,24 +232,29 @@ def adjust_saturation(images: Tensor, factor: Tensor) -> Tensor:
 def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     """Rotate hue by ``shift`` turns (torchvision's HSV round trip, in closed form).
 
-    The rotation keeps each pixel's maximum (value) and chroma; only where the colour
-    sits on the hexagonal hue circle moves.
+    The rotation keeps each pixel's maximum (value) and chroma and moves the colour
+    along the hexagonal hue circle; written without comparisons or ``where``.
     """
-    r, g, b = images.unbind(1)
-    value = images.amax(1)
-    chroma = value - images.amin(1)
-    # Hue in sixths of a turn, in [-1, 5); ties go to red, then green, as in torchvision.
-    # A grey pixel (chroma 0) has all differences 0, hence hue 0.
-    red, green = value == r, value == g
-    difference = torch.where(red, g - b, torch.where(green, b - r, r - g))
-    sector = torch.where(red, 0.0, torch.where(green, 2.0, 4.0))
-    hue = difference / chroma.clamp(min=torch.finfo(chroma.dtype).tiny) + sector
+    value, minimum = images.amax(1, keepdim=True), images.amin(1, keepdim=True)
+    chroma = value - minimum
+    # Each channel's place between the minimum (0) and the maximum (1). A grey pixel
+    # (chroma 0) gets 0s; its hue is then arbitrary and does not change its colour.
+    r, g, b = ((images - minimum) / chroma.clamp(min=torch.finfo(chroma.dtype).tiny)).unbind(1)
+    # Which channel is the maximum, ties going to red then green as in torchvision:
+    # floor(x) is 1 exactly where x is 1 (the maximum), else 0.
+    is_red = torch.floor(r)
+    is_green = torch.floor(g) * (1 - is_red)
+    is_blue = 1 - is_red - is_green
+    # Hue in sixths of a turn: g − b around red (0), 2 + b − r around green, 4 + r − g
+    # around blue; then shifted and wrapped into [0, 6).
+    hue = is_red * (g - b) + is_green * (2 + b - r) + is_blue * (4 + r - g)
     hue += 6.0 * shift[:, None, None]
-    # hsv→rgb without branches: channel c is value − chroma·clamp(2 − |k − 2|, 0, 1),
-    # k = (n + hue) mod 6 with n = 5, 3, 1 for red, green, blue.
-    n = torch.tensor([5.0, 3.0, 1.0], device=images.device)[None, :, None, None]
-    ramp = torch.remainder(hue.unsqueeze(1) + n, 6.0).sub_(2.0).abs_().neg_().add_(2.0).clamp_(0, 1)
-    return torch.addcmul(value.unsqueeze(1), chroma.unsqueeze(1), ramp, value=-1.0)
+    hue -= 6.0 * torch.floor(hue / 6.0)
+    # hsv→rgb: channel c is value − chroma·clamp(d − 1, 0, 1), d the distance on the
+    # circle from the hue to the channel's own hue (0, 2, 4) = 3 − ||hue − c| − 3|.
+    centres = _constant((0.0, 2.0, 4.0), images.device)[None, :, None, None]
+    ramp = (hue.unsqueeze(1) - centres).abs_().sub_(3).abs_().neg_().add_(2).clamp_(0, 1)
+    return torch.addcmul(value, chroma, ramp, value=-1.0)
 
 
 @dataclass
@@ -261,9 +271,9 @@ class ColorJitter:
     """``RandomApply(ColorJitter(b, c, s, h), p)``: each image its own factors and order.
 
     At each of the four positions of the per-image order, the images whose adjustment
-    there is brightness, contrast or saturation get it as one batched affine colour map
-    (``clamp(M·pixel + t, 0, 1)``, the identity for the others), then the images whose
-    adjustment is hue get it on their own.
+    there is brightness, contrast or saturation get it in one pass over the batch
+    (the identity for the others), then the images whose adjustment is hue get it on
+    their own.
     """
 
     def __init__(
@@ -285,39 +295,34 @@ class ColorJitter:
         factors.append(_uniform(n, -self.hue, self.hue, generator))
         return JitterParams(torch.stack(factors, 1), order, applied)
 
-    def __call__(self, images: Tensor, params: JitterParams) -> Tensor:
-        device = images.device
-        shift = _to_device(params.factors[:, HUE], device)
+    def __call__(self, images: Tensor, params: JitterParams, inplace: bool = False) -> Tensor:
+        """``inplace`` lets the op overwrite ``images`` (dense memory) instead of a copy."""
+        images = images if inplace else images.clone()
+        shift = _to_device(params.factors[:, HUE], images.device)
         for position in range(4):
             op = params.order[:, position]
             active = params.applied & self.enabled[op]
-            linear = active & (op != HUE)
-            if linear.any():
-                images = self._linear(images, op, params.factors, linear)
-            images = _subset(images, active & (op == HUE), adjust_hue, shift)
+            if (active & (op != HUE)).any():
+                _blend_step_(images, op, params.factors, active)
+            images = _subset(images, active & (op == HUE), adjust_hue, shift, inplace=True)
         return images
 
-    @staticmethod
-    def _linear(images: Tensor, op: Tensor, factors: Tensor, chosen: Tensor) -> Tensor:
-        """Brightness, contrast or saturation per image as ``clamp(M·pixel + t, 0, 1)``.
 
-        brightness f: M = f·I; saturation f: M = f·I + (1 − f)·gray; contrast f:
-        M = f·I, t = (1 − f)·mean gray of the image (torchvision's blends). Coefficients
-        are built on the CPU from the CPU-side parameters.
-        """
-        factor = factors.gather(1, op.clamp(max=SATURATION)[:, None]).squeeze(1)
-        scale = torch.where(chosen, factor, torch.ones(()))
-        gray_weight = torch.where(chosen & (op == SATURATION), 1 - factor, torch.zeros(()))
-        mean_weight = torch.where(chosen & (op == CONTRAST), 1 - factor, torch.zeros(()))
-        scale, gray_weight, mean_weight = (_to_device(t, images.device) for t in (scale, gray_weight, mean_weight))
-        eye = torch.eye(3, device=images.device)
-        gray = _gray_matrix(images.device)
-        matrix = scale[:, None, None] * eye + gray_weight[:, None, None] * gray
-        offset = torch.zeros(images.shape[0], 3, device=images.device)
-        if (chosen & (op == CONTRAST)).any():
-            mean_gray = images.mean(dim=(2, 3)) @ gray[0]  # the mean of the gray image
-            offset = (mean_weight * mean_gray)[:, None].expand(-1, 3)
-        return _colour_map(images, matrix, offset).clamp_(0, 1)
+def _blend_step_(images: Tensor, op: Tensor, factors: Tensor, active: Tensor) -> Tensor:
+    """Brightness, contrast or saturation, each image its own (``op``, CPU), in one sweep.
+
+    All three are torchvision's ``clamp(f·image + (1 − f)·reference, 0, 1)`` with the
+    reference 0, the image's mean gray or its gray pixel; inactive images get f = 1.
+    """
+    factor = factors.gather(1, op.clamp(max=SATURATION)[:, None]).squeeze(1)
+    factor = torch.where(active & (op != HUE), factor, torch.ones(()))
+    to_gray = torch.where(op == SATURATION, 1 - factor, torch.zeros(()))
+    to_mean = torch.where(op == CONTRAST, 1 - factor, torch.zeros(()))
+    factor, to_gray, to_mean = (_per_image(_to_device(t, images.device)) for t in (factor, to_gray, to_mean))
+    gray = rgb_to_grayscale(images)
+    mean = gray.mean(dim=(2, 3), keepdim=True)
+    reference = torch.addcmul(to_mean * mean, gray, to_gray, out=gray)  # shared by the channels
+    return torch.addcmul(reference, images, factor, out=images).clamp_(0, 1)
 
 
 class RandomGrayscale:
@@ -327,15 +332,22 @@ class RandomGrayscale:
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         return _bernoulli(n, self.p, generator)
 
-    def __call__(self, images: Tensor, applied: Tensor) -> Tensor:
-        matrix = _grayscale_matrices(applied, images.device)
-        return _colour_map(images, matrix, torch.zeros(images.shape[0], 3, device=images.device))
+    def __call__(self, images: Tensor, applied: Tensor, inplace: bool = False) -> Tensor:
+        return _subset(images, applied, self._gray, inplace=inplace)
+
+    @staticmethod
+    def _gray(images: Tensor) -> Tensor:
+        return rgb_to_grayscale(images).expand_as(images).contiguous()
 
 
-def _grayscale_matrices(applied: Tensor, device: torch.device) -> Tensor:
-    """N×3×3: the gray matrix where ``applied`` (N bool), the identity elsewhere."""
-    applied = _to_device(applied, device)[:, None, None]
-    return torch.where(applied, _gray_matrix(device), torch.eye(3, device=device))
+@functools.lru_cache(maxsize=16)
+def _reflect_taps(size: int, kernel_size: int, device: torch.device) -> Tensor:
+    """K×(size·size) 0/1: tap t of output pixel i reads pixel j, with reflect padding."""
+    radius = kernel_size // 2
+    position = torch.arange(size)[None, :] + torch.arange(-radius, radius + 1)[:, None]  # K×size
+    position = position.abs()  # reflect at the left border
+    position = torch.where(position >= size, 2 * (size - 1) - position, position)
+    return _to_device(torch.nn.functional.one_hot(position, size).float().view(kernel_size, -1), device)
 
 
 def blur_matrix(sigma: Tensor, size: int, kernel_size: int) -> Tensor:
@@ -343,7 +355,7 @@ def blur_matrix(sigma: Tensor, size: int, kernel_size: int) -> Tensor:
 
     Row i holds the kernel centred on pixel i, with the taps that fall outside the image
     folded back onto their reflections (``F.pad(mode="reflect")``). sigma = 0 gives the
-    identity, which is how un-blurred images pass through unchanged.
+    identity.
     """
     radius = kernel_size // 2
     if radius >= size:
@@ -353,12 +365,7 @@ def blur_matrix(sigma: Tensor, size: int, kernel_size: int) -> Tensor:
     kernel = torch.exp(-0.5 * (taps[None] / safe) ** 2)
     kernel = torch.where(sigma[:, None] > 0, kernel, (taps == 0).float()[None])
     kernel = kernel / kernel.sum(1, keepdim=True)  # N×K
-    position = torch.arange(size, device=sigma.device)[:, None] + taps.long()[None]
-    position = position.abs()  # reflect at the left border
-    position = torch.where(position >= size, 2 * (size - 1) - position, position)
-    matrix = torch.zeros(sigma.shape[0], size, size, device=sigma.device)
-    index = position[None].expand(sigma.shape[0], -1, -1)
-    return matrix.scatter_add_(2, index, kernel[:, None, :].expand(-1, size, -1).contiguous())
+    return (kernel @ _reflect_taps(size, kernel_size, sigma.device)).view(-1, size, size)
 
 
 class GaussianBlur:
@@ -375,15 +382,15 @@ class GaussianBlur:
         sigma = _uniform(n, *self.sigma, generator)
         return torch.where(applied, sigma, torch.zeros(()))
 
-    def __call__(self, images: Tensor, sigma: Tensor) -> Tensor:
+    def __call__(self, images: Tensor, sigma: Tensor, inplace: bool = False) -> Tensor:
         """Blur the images with σ > 0 (``sigma`` on the CPU); the others pass through."""
-        return _subset(images, sigma > 0, self._blur, _to_device(sigma, images.device))
+        sigma_device = _to_device(sigma, images.device)
+        return _subset(images, sigma > 0, self._blur, sigma_device, inplace=inplace)
 
     def _blur(self, images: Tensor, sigma: Tensor) -> Tensor:
-        rows = blur_matrix(sigma, images.shape[-2], self.kernel_size)
-        cols = rows if images.shape[-1] == images.shape[-2] else blur_matrix(
-            sigma, images.shape[-1], self.kernel_size
-        )
+        height, width = images.shape[-2:]
+        rows = blur_matrix(sigma, height, self.kernel_size)
+        cols = rows if width == height else blur_matrix(sigma, width, self.kernel_size)
         return _apply_matrices(images, rows, cols)
 
 
@@ -396,29 +403,23 @@ class RandomSolarize:
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         return _bernoulli(n, self.p, generator)
 
-    def __call__(self, images: Tensor, applied: Tensor) -> Tensor:
-        applied = _to_device(applied, images.device)[:, None, None, None]
-        return torch.where(applied & (images >= self.threshold), 1.0 - images, images)
+    def __call__(self, images: Tensor, applied: Tensor, inplace: bool = False) -> Tensor:
+        return _subset(images, applied, self._solarize, inplace=inplace)
+
+    def _solarize(self, images: Tensor) -> Tensor:
+        return torch.where(images >= self.threshold, 1.0 - images, images)
 
 
 class Normalize:
-    """``(image − mean) / std`` per channel, returned in channels-last memory.
-
-    ``grayscale`` (N bool, optional) turns the chosen images gray first, in the same
-    pass: a view pipeline without solarisation may do its grayscale here, after the blur,
-    since both are linear and commute.
-    """
+    """``(image − mean) / std`` per channel, returned in channels-last memory (what a
+    convolutional backbone wants)."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.mean, self.std = mean, std
 
-    def __call__(self, images: Tensor, grayscale: Tensor | None = None) -> Tensor:
-        n, device = images.shape[0], images.device
-        mean = torch.tensor(self.mean, device=device)
-        inverse_std = 1.0 / torch.tensor(self.std, device=device)
-        matrix = torch.eye(3, device=device).expand(n, 3, 3)
-        if grayscale is not None:
-            matrix = _grayscale_matrices(grayscale, device)
-        matrix = inverse_std[None, :, None] * matrix
-        offset = (-mean * inverse_std).expand(n, 3)
-        return _colour_map(images, matrix, offset, channels_last=True)
+    def __call__(self, images: Tensor, inplace: bool = False) -> Tensor:
+        device = images.device
+        inverse_std = 1.0 / _constant(self.std, device)[None, :, None, None]
+        offset = -_constant(self.mean, device)[None, :, None, None] * inverse_std
+        images = torch.addcmul(offset, images, inverse_std, out=images if inplace else None)
+        return images.contiguous(memory_format=torch.channels_last)

@@ -112,7 +112,9 @@ def _cifar_layout(tree: dict, origin: Path) -> Source | None:
     if meta_name not in names:
         raise SourceError(f"{origin / meta_name}: missing; CIFAR batches need their class names")
     try:
-        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in unpickle(names[meta_name])[classes_key]]
+        classes = [
+            c.decode() if isinstance(c, bytes) else str(c) for c in unpickle(names[meta_name])[classes_key]
+        ]
     except KeyError as error:
         raise SourceError(f"{origin / names[meta_name]}: no {classes_key!r} in it") from error
     source = Source(classes, kind=kind)
@@ -166,7 +168,7 @@ def _image_folder(tree: dict, prefix: str, classes: list[str], origin: Path) -> 
     for name in sorted(tree):
         if not name.startswith(prefix):
             continue
-        parts = name[len(prefix):].split("/")
+        parts = name[len(prefix) :].split("/")
         if len(parts) != 2 or Path(parts[1]).suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if parts[0] not in index:
@@ -180,7 +182,7 @@ def _image_folder_layout(tree: dict, origin: Path) -> Source | None:
         folders = set()
         for name in tree:
             if name.startswith(prefix):
-                parts = name[len(prefix):].split("/")
+                parts = name[len(prefix) :].split("/")
                 if len(parts) == 2 and Path(parts[1]).suffix.lower() in IMAGE_SUFFIXES:
                     folders.add(parts[0])
         return sorted(folders)

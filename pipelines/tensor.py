@@ -122,7 +122,8 @@ class TensorLoader:
         self.train = DeviceSplit(self.info, self.info.train_split, device)
         if len(self.train) < batch_size:
             raise ValueError(f"{root}: {len(self.train)} training images < batch size {batch_size}")
-        self.generator = torch.Generator().manual_seed(seed * 1000 + rank)
+        # The same on every rank: each draws the parameters of the whole global batch.
+        self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.step = 0, 0
         self._eval_splits: dict[str, DeviceSplit] = {}
 
@@ -146,13 +147,13 @@ class TensorLoader:
             start = self.step * self.batch_size + self.rank * local
             chosen = order[start : start + local]
             self.step += 1  # a checkpoint taken after this batch resumes at the next
-            yield self._make_batch(chosen)
+            yield self._make_batch(chosen, self.rank * local)
 
-    def _make_batch(self, chosen: Tensor) -> ViewBatch:
-        sizes = self.train.sizes[: len(chosen)]
+    def _make_batch(self, chosen: Tensor, offset: int) -> ViewBatch:
+        sizes = self.train.sizes[: self.batch_size]  # of the global batch (all equal here)
         index = chosen.to(self.device, non_blocking=True)
         images = self.train.images[index]
-        views, meta = self.recipe(images, sizes, self.generator)
+        views, meta = self.recipe(images, sizes, self.generator, offset)
         return ViewBatch(views, self.train.indices[index], self.train.labels[index], meta)
 
     def eval_loader(self, split: str, batch_size: int) -> Iterator[ViewBatch]:

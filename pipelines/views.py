@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,9 @@ from torch import Tensor
 
 from pipelines.augment import (
     ColorJitter,
+    CropParams,
     GaussianBlur,
+    JitterParams,
     Normalize,
     RandomGrayscale,
     RandomHorizontalFlip,
@@ -43,6 +46,28 @@ class ViewConfig:
     std: tuple[float, float, float] = CIFAR10_STD
 
 
+@dataclass
+class ViewParams:
+    """Every view's random parameters (view-major), drawn on the CPU."""
+
+    crop: CropParams
+    flip: Tensor  # (V·N) bool
+    jitter: JitterParams
+    grayscale: Tensor  # (V·N) bool
+    blur_sigma: Tensor  # (V·N) σ in pixels, 0 where not blurred
+    solarize: Tensor  # (V·N) bool
+
+    def take(self, rows: Tensor) -> ViewParams:
+        """The parameters of the given rows only (a process's share of a global batch)."""
+
+        def select(value):
+            if isinstance(value, Tensor):
+                return value[rows]
+            return type(value)(**{f.name: select(getattr(value, f.name)) for f in dataclasses.fields(value)})
+
+        return select(self)
+
+
 class ViewPipeline:
     """Makes ``count`` views of every image with one ``ViewConfig``, all in one batch."""
 
@@ -57,31 +82,35 @@ class ViewPipeline:
         self.solarize = RandomSolarize(c.solarize_threshold, c.solarize_p)
         self.normalize = Normalize(c.mean, c.std)
 
-    def __call__(
-        self, images: Tensor, sizes: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, ViewMeta]:
+    def __call__(self, images: Tensor, sizes: Tensor, generator: torch.Generator) -> tuple[Tensor, ViewMeta]:
         """uint8 N×3×H×W (padded; ``sizes`` N×2 on the CPU) → (count·N)×3×s×s views."""
-        n = images.shape[0] * self.count
-        sources = images.repeat(self.count, 1, 1, 1)  # view-major
-        crop = self.crop.sample(n, generator, sizes.repeat(self.count, 1))
-        flip = self.flip.sample(n, generator)
-        jitter = self.jitter.sample(n, generator)
-        gray = self.grayscale.sample(n, generator)
-        sigma = self.blur.sample(n, generator)
-        solarize = self.solarize.sample(n, generator)
+        return self.apply(images, self.sample(sizes, generator))
 
-        views = self.crop(sources, crop, flip)  # the flip is folded into the crop
-        views = self.jitter(views, jitter)
-        if self.config.solarize_p > 0:
-            views = self.grayscale(views, gray)
-            views = self.blur(views, sigma)
-            views = self.normalize(self.solarize(views, solarize))
-        else:
-            # Grayscale and blur are both linear and commute: the grayscale is done with
-            # the normalisation, in one pass that also writes channels-last memory.
-            views = self.normalize(self.blur(views, sigma), grayscale=gray)
+    def sample(self, sizes: Tensor, generator: torch.Generator) -> ViewParams:
+        """Parameters for ``count`` views of each of the images of ``sizes`` (N×2, CPU)."""
+        n = sizes.shape[0] * self.count
+        return ViewParams(
+            crop=self.crop.sample(n, generator, sizes.repeat(self.count, 1)),
+            flip=self.flip.sample(n, generator),
+            jitter=self.jitter.sample(n, generator),
+            grayscale=self.grayscale.sample(n, generator),
+            blur_sigma=self.blur.sample(n, generator),
+            solarize=self.solarize.sample(n, generator),
+        )
+
+    def apply(self, images: Tensor, params: ViewParams) -> tuple[Tensor, ViewMeta]:
+        """The views of ``images`` (uint8 or float N×3×H×W) with ``params``: float,
+        normalised, channels-last, view-major (view k of image i at row k·N + i)."""
+        sources = torch.cat([images] * self.count)  # view-major; keeps channels-last memory
+        # Every op after the crop works in place on the crop's fresh output.
+        views = self.crop(sources, params.crop, params.flip)  # the flip folded into the crop
+        views = self.jitter(views, params.jitter, inplace=True)
+        views = self.grayscale(views, params.grayscale, inplace=True)
+        views = self.blur(views, params.blur_sigma, inplace=True)
+        views = self.solarize(views, params.solarize, inplace=True)
+        views = self.normalize(views, inplace=True)
         device = images.device
-        meta = ViewMeta(crop.boxes.to(device, non_blocking=True), flip.to(device, non_blocking=True))
+        meta = ViewMeta(params.crop.boxes.to(device, non_blocking=True), params.flip.to(device, non_blocking=True))
         return views, meta
 
 
@@ -92,11 +121,19 @@ class ViewRecipe:
         self.groups = {name: ViewPipeline(cfg, count) for name, (cfg, count) in groups.items()}
 
     def __call__(
-        self, images: Tensor, sizes: Tensor, generator: torch.Generator
+        self, images: Tensor, sizes: Tensor, generator: torch.Generator, offset: int = 0
     ) -> tuple[dict[str, Tensor], dict[str, ViewMeta]]:
+        """Views of ``images``, which are rows ``offset …`` of a global batch whose sizes
+        are ``sizes``. Parameters are drawn for the whole global batch and each process
+        keeps its share, so the views of an image do not depend on the process count."""
         views, meta = {}, {}
+        total, n = sizes.shape[0], images.shape[0]
         for name, pipeline in self.groups.items():
-            views[name], meta[name] = pipeline(images, sizes, generator)
+            params = pipeline.sample(sizes, generator)
+            if n != total:
+                rows = torch.arange(offset, offset + n) + total * torch.arange(pipeline.count)[:, None]
+                params = params.take(rows.flatten())
+            views[name], meta[name] = pipeline.apply(images, params)
         return views, meta
 
     @property

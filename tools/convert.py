@@ -124,7 +124,9 @@ def round_trip_check(samples: list[Sample], cfg: ConvertConfig, folder: Path) ->
     stored = np.load(folder / "images.npy", mmap_mode="r")
     labels = np.load(folder / "labels.npy")
     if len(stored) != len(samples) or len(labels) != len(samples):
-        raise SourceError(f"round-trip check failed: {folder} holds {len(stored)} images, expected {len(samples)}")
+        raise SourceError(
+            f"round-trip check failed: {folder} holds {len(stored)} images, expected {len(samples)}"
+        )
     count = min(cfg.check, len(samples))
     for i in np.random.default_rng(0).choice(len(samples), count, replace=False):
         again = decode(samples[i], cfg.size, cfg.source)
@@ -180,7 +182,9 @@ def convert(cfg: ConvertConfig) -> dict:
             "source_kind": source.kind,
             "classes": source.classes,
             "image_size": list(image_size),
-            "resize": None if cfg.size is None else {"size": cfg.size, "mode": "shorter-side bicubic, centre crop"},
+            "resize": None
+            if cfg.size is None
+            else {"size": cfg.size, "mode": "shorter-side bicubic, centre crop"},
             "splits": splits,
         }
         (partial / META_FILE).write_text(json.dumps(meta, indent=1))

@@ -278,7 +278,9 @@ class Trainer:
                     self.train_seconds += seconds
                     self.images_seen += window_images
                     speed = window_images / seconds
-                    self._log({"kind": "train", "epoch": epoch, "step": step + 1, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": round(speed, 1), **values})
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self._log({"kind": "train", "epoch": epoch, "step": step + 1, "lr": lr,
+                               "images_per_s": round(speed, 1), **values})
                     bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{speed:.0f}")
                     window_start, window_images = time.perf_counter(), 0
                 out_of_time = run.stop_after_minutes is not None and (

@@ -34,7 +34,8 @@ def test_teacher_gets_no_gradient_and_follows_by_ema():
             p.add_(1.0)
     before = copy.deepcopy(method.teacher.network)
     method.before_step(PROGRESS)
-    for t, t0, s in zip(method.teacher.network.parameters(), before.parameters(), method.student.parameters(), strict=True):
+    teacher, student = method.teacher.network.parameters(), method.student.parameters()
+    for t, t0, s in zip(teacher, before.parameters(), student, strict=True):
         torch.testing.assert_close(t, 0.99 * t0 + 0.01 * s)
 
 

@@ -159,9 +159,7 @@ def test_crop_sample_distribution_matches_torchvision():
     ours = RandomResizedCrop(32, scale, ratio).sample(n, generator(6), torch.tensor([[height, width]]).expand(n, 2))
     torch.manual_seed(6)
     image = torch.empty(1, height, width)
-    theirs = torch.tensor(
-        [TorchvisionRandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(n)]
-    )
+    theirs = torch.tensor([TorchvisionRandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(n)])
     for boxes_a, boxes_b in [(ours.boxes, theirs)]:
         for statistic in (
             lambda b: b[:, 2] * b[:, 3] / (height * width),
@@ -177,7 +175,8 @@ def test_crop_sample_distribution_matches_torchvision():
 @pytest.mark.parametrize("height, width", [(32, 32), (20, 40), (40, 20), (13, 7)])
 def test_crop_falls_back_to_the_centre(height, width):
     scale, ratio = (2.0, 3.0), (3 / 4, 4 / 3)  # no crop of 2–3× the area fits
-    boxes = RandomResizedCrop(32, scale, ratio).sample(5, generator(7), torch.tensor([[height, width]]).expand(5, 2)).boxes
+    sizes = torch.tensor([[height, width]]).expand(5, 2)
+    boxes = RandomResizedCrop(32, scale, ratio).sample(5, generator(7), sizes).boxes
     expected = TorchvisionRandomResizedCrop.get_params(torch.empty(1, height, width), list(scale), list(ratio))
     assert boxes.tolist() == [list(expected)] * 5
 
@@ -322,7 +321,11 @@ def test_solarize_matches_torchvision():
 def test_normalize_matches_torchvision():
     source = images(4, 16, 16, seed=20)
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    assert_close(Normalize(mean, std)(source), F.normalize(source, list(mean), list(std)))
+    expected = F.normalize(source, list(mean), list(std))
+    for inplace in (False, True):
+        out = Normalize(mean, std)(source.clone(), inplace=inplace)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert_close(out, expected)
 
 
 # --- sampling: frequencies, per-image draws, determinism ---------------------------------------
@@ -363,8 +366,8 @@ def as_tensors(params) -> list[torch.Tensor]:
 def test_sampling_is_deterministic_and_per_image(op):
     n = 64
     first, again, other = (as_tensors(op.sample(n, generator(seed))) for seed in (30, 30, 31))
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
     # Within one batch, images get different parameters.
     assert all(t.reshape(n, -1).unique(dim=0).shape[0] > 1 for t in first)
 
@@ -375,3 +378,26 @@ def test_outputs_deterministic_for_a_seed(op):
     first = op(source, op.sample(16, generator(33)))
     assert torch.equal(first, op(source, op.sample(16, generator(33))))
     assert not torch.equal(first, op(source, op.sample(16, generator(34))))
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: type(op).__name__)
+@pytest.mark.parametrize("chosen", ["some", "all", "none"])
+def test_inplace_and_out_of_place_agree(op, chosen):
+    n = 16
+    source = images(n, 16, 16, seed=35)
+    params = op.sample(n, generator(36))
+    if chosen != "some":  # every image (or none) drawing the op
+        full = ColorJitter(0.4, 0.4, 0.4, 0.1).sample(n, generator(36)) if isinstance(op, ColorJitter) else None
+        if isinstance(op, ColorJitter):
+            params = JitterParams(full.factors, full.order, full.applied.fill_(chosen == "all"))
+        elif isinstance(op, GaussianBlur):
+            params = torch.full((n,), 1.0 if chosen == "all" else 0.0)
+        else:
+            params = torch.full((n,), chosen == "all")
+    before = source.clone()
+    out = op(source, params)
+    assert torch.equal(source, before)  # out of place leaves its input alone
+    inplace = op(source.clone(), params, inplace=True)
+    assert torch.equal(inplace, out)
+    for result in (out, inplace):  # dense: the next op of a pipeline may write into it
+        result.mul_(1.0)  # raises where elements share memory (an expanded tensor)

@@ -80,7 +80,9 @@ def make_image_folder(
                 write_image(root / split / name / f"{n:03d}{suffix}", seed, width, height)
 
 
-def expected_image_folder(root: Path, splits: tuple[str, ...]) -> dict[str, tuple[np.ndarray, list[int], list[str]]]:
+def expected_image_folder(
+    root: Path, splits: tuple[str, ...]
+) -> dict[str, tuple[np.ndarray, list[int], list[str]]]:
     """Independent reading: sorted files per split, PIL-decoded, converted to RGB."""
     out = {}
     for split in splits:
@@ -114,8 +116,12 @@ def make_cifar10(root: Path, rows: int = 4) -> dict[str, tuple[np.ndarray, list[
     for i in range(1, 6):
         data = rng.integers(0, 256, (rows, 3072), dtype=np.uint8)
         labels = [int(x) for x in rng.integers(0, 10, rows)]
-        batch = {b"batch_label": b"training batch %d of 5" % i, b"data": data, b"labels": labels,
-                 b"filenames": [b"f%d.png" % r for r in range(rows)]}
+        batch = {
+            b"batch_label": b"training batch %d of 5" % i,
+            b"data": data,
+            b"labels": labels,
+            b"filenames": [b"f%d.png" % r for r in range(rows)],
+        }
         (root / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
         train_data.append(data)
         train_labels += labels
@@ -142,8 +148,10 @@ def make_cifar100(root: Path) -> dict[str, tuple[np.ndarray, list[int]]]:
         batch = {b"data": data, b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine]}
         (root / split).write_bytes(pickle.dumps(batch, protocol=4))
         expected[split] = (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), fine)
-    meta = {b"fine_label_names": [n.encode() for n in CIFAR100_NAMES],
-            b"coarse_label_names": [b"coarse%d" % i for i in range(20)]}
+    meta = {
+        b"fine_label_names": [n.encode() for n in CIFAR100_NAMES],
+        b"coarse_label_names": [b"coarse%d" % i for i in range(20)],
+    }
     (root / "meta").write_bytes(pickle.dumps(meta, protocol=4))
     return expected
 
@@ -230,7 +238,8 @@ def test_single_top_level_folder_directory(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "archive_name, top", [("data.tar", "mydata"), ("data.tar.gz", "mydata"), ("data.tar.gz", None), ("data.tar", None)]
+    "archive_name, top",
+    [("data.tar", "mydata"), ("data.tar.gz", "mydata"), ("data.tar.gz", None), ("data.tar", None)],
 )
 def test_image_folder_archive(tmp_path, capsys, archive_name, top):
     folder = tmp_path / "folder"
@@ -291,7 +300,10 @@ def test_size_resizes_shorter_side_and_centre_crops(tmp_path, capsys):
     out = tmp_path / "out"
     line = convert(capsys, source, out, "--size", "16")
     assert "train 4, test 1 images of 16×16" in line
-    files = {"train": ["cat/tall.jpg", "cat/wide.png", "dog/exact.png", "dog/square.png"], "test": ["cat/gray.png"]}
+    files = {
+        "train": ["cat/tall.jpg", "cat/wide.png", "dog/exact.png", "dog/square.png"],
+        "test": ["cat/gray.png"],
+    }
     expected = {}
     for split, names in files.items():
         images = np.stack([_reference_resize(source / split / name, 16) for name in names])
@@ -300,7 +312,9 @@ def test_size_resizes_shorter_side_and_centre_crops(tmp_path, capsys):
     meta = check_output(out, source, "imagefolder", ["cat", "dog"], expected)
     assert meta["resize"]["size"] == 16
     # an image already SIZE×SIZE is stored untouched
-    np.testing.assert_array_equal(expected["train"][0][2], np.asarray(Image.open(source / "train/dog/exact.png")))
+    np.testing.assert_array_equal(
+        expected["train"][0][2], np.asarray(Image.open(source / "train/dog/exact.png"))
+    )
 
 
 def test_cifar10_directory_and_archive(tmp_path, capsys):
@@ -309,10 +323,13 @@ def test_cifar10_directory_and_archive(tmp_path, capsys):
     out = tmp_path / "out"
     line = convert(capsys, source, out)
     assert "train 20, test 5 images of 32×32, 10 classes" in line
-    files = {"train": [f"data_batch_{b}#{r}" for b in range(1, 6) for r in range(4)],
-             "test": [f"test_batch#{r}" for r in range(5)]}
-    check_output(out, source, "cifar10", CIFAR10_NAMES,
-                 {split: (*expected[split], files[split]) for split in expected})
+    files = {
+        "train": [f"data_batch_{b}#{r}" for b in range(1, 6) for r in range(4)],
+        "test": [f"test_batch#{r}" for r in range(5)],
+    }
+    check_output(
+        out, source, "cifar10", CIFAR10_NAMES, {split: (*expected[split], files[split]) for split in expected}
+    )
     archive = make_archive(tmp_path / "src", tmp_path / "cifar-10-python.tar.gz", None)
     out2 = tmp_path / "out2"
     convert(capsys, archive, out2)
@@ -500,11 +517,27 @@ def _bad_cases(base: Path) -> dict[str, tuple[list[str], str]]:
 
 # Each process imports torch (through ``pipelines``), a few seconds of CPU: these run as
 # real processes, in parallel; the other cases call the same ``main`` in-process.
-SUBPROCESS_CASES = ["missing", "corrupt-jpeg", "truncated-tar-gz", "unknown-layout", "differing-sizes", "out-exists",
-                    "bad-option"]
+SUBPROCESS_CASES = [
+    "missing",
+    "corrupt-jpeg",
+    "truncated-tar-gz",
+    "unknown-layout",
+    "differing-sizes",
+    "out-exists",
+    "bad-option",
+]
 BAD_CASES = [
-    *SUBPROCESS_CASES, "truncated-jpeg", "empty-dir", "corrupt-tar-gz", "truncated-tar", "not-a-tar",
-    "differing-split-sizes", "unknown-test-class", "bad-cifar-batch", "cifar-without-meta", "size-zero",
+    *SUBPROCESS_CASES,
+    "truncated-jpeg",
+    "empty-dir",
+    "corrupt-tar-gz",
+    "truncated-tar",
+    "not-a-tar",
+    "differing-split-sizes",
+    "unknown-test-class",
+    "bad-cifar-batch",
+    "cifar-without-meta",
+    "size-zero",
     "unknown-format",
 ]
 
@@ -528,8 +561,13 @@ def bad_runs(tmp_path_factory):
     for name, (args, _) in cases.items():
         command, parent, before = _command(base, name, args)
         if name in SUBPROCESS_CASES:
-            process = subprocess.Popen([sys.executable, str(SCRIPT), *command], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True, cwd=base)
+            process = subprocess.Popen(
+                [sys.executable, str(SCRIPT), *command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=base,
+            )
             running[name] = (process, parent, before)
         else:
             results[name] = (None, command, parent, before)
@@ -573,8 +611,13 @@ def test_interrupted_process_leaves_nothing(tmp_path, signum):
     os.mkfifo(source / "train" / "dog" / "zzz.png")
     parent = tmp_path / "outs"
     parent.mkdir()
-    process = subprocess.Popen([sys.executable, str(SCRIPT), str(source), str(parent / "out"), "--workers", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(source), str(parent / "out"), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(parent.glob(".out.partial-*/train")) and time.monotonic() < deadline:
