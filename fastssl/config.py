@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pipelines.views import ViewConfig
+
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
 
 
 @dataclass(frozen=True)
@@ -62,3 +65,21 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+C = TypeVar("C", bound=TrainConfig)
+
+
+def dataset_presets(cifar10: C) -> dict[str, C]:
+    """A recipe's presets per data set, from its CIFAR-10 configuration: the normalisation
+    statistics, view size and stem Mini-SSL uses for each (data_public.py, resnet.py).
+    Method-specific changes (e.g. MoCo's Tiny-ImageNet momentum) are the recipe's."""
+    return {
+        "cifar10": cifar10,
+        "cifar100": replace(cifar10, views=replace(cifar10.views, mean=CIFAR100_MEAN, std=CIFAR100_STD)),
+        "tiny-imagenet": replace(
+            cifar10,
+            views=replace(cifar10.views, size=64, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD),
+            model=replace(cifar10.model, maxpool=True),
+        ),
+    }

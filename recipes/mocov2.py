@@ -20,10 +20,10 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastssl.config import ModelConfig, OptimConfig, RunConfig, TrainConfig  # noqa: E402
+from fastssl.config import ModelConfig, OptimConfig, RunConfig, TrainConfig, dataset_presets  # noqa: E402
 from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config  # noqa: E402
 from fastssl.recipe import run_recipe  # noqa: E402
-from pipelines.views import ViewConfig, two_views  # noqa: E402
+from pipelines.views import two_views  # noqa: E402
 
 replace = dataclasses.replace
 
@@ -33,31 +33,21 @@ class Config(TrainConfig):
     method: MoCoV2Config = field(default_factory=MoCoV2Config)
 
 
-CIFAR10 = Config(data=tyro.MISSING)  # type: ignore[arg-type]
-PRESETS = {
-    "cifar10": CIFAR10,
-    "cifar100": replace(
-        CIFAR10,
-        views=ViewConfig(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)),
-    ),
-    "tiny-imagenet": replace(
-        CIFAR10,
-        views=ViewConfig(size=64, mean=(0.4802, 0.4481, 0.3975), std=(0.2302, 0.2265, 0.2262)),
-        model=ModelConfig(maxpool=True),
-        method=MoCoV2Config(momentum=0.996, queue_size=16384),
-    ),
-    # The README's first command: a short schedule on the embedded CIFAR-10 sample that
-    # fits ~10 minutes on 2 CPU cores (fastssl-tuned: narrow ResNet-18, short schedule).
-    "demo": replace(
-        CIFAR10,
-        # Batch 64 in 2 BN groups of 32 (Mini-SSL's group size), lr 0.06 per step as Mini-SSL;
-        # queue 1024 < 5,000 training images − one batch.
-        model=ModelConfig(width=16, bn_splits=2),
-        optim=OptimConfig(epochs=8, batch_size=64, lr_per_256=0.24, warmup_epochs=1),
-        method=MoCoV2Config(queue_size=1024),
-        run=RunConfig(name="demo-mocov2", knn_every_epochs=4, log_every_steps=10),
-    ),
-}
+PRESETS = dataset_presets(Config(data=tyro.MISSING))  # type: ignore[arg-type]
+PRESETS["tiny-imagenet"] = replace(
+    PRESETS["tiny-imagenet"], method=MoCoV2Config(momentum=0.996, queue_size=16384)
+)
+# The README's first command: a short schedule on the embedded CIFAR-10 sample that fits
+# ~10 minutes on 2 CPU cores (fastssl-tuned: narrow ResNet-18, short schedule). Batch 64 in
+# 2 BN groups of 32 (Mini-SSL's group size) at Mini-SSL's lr 0.06; queue 1024 < 5,000
+# training images − one batch.
+PRESETS["demo"] = replace(
+    PRESETS["cifar10"],
+    model=ModelConfig(width=16, bn_splits=2),
+    optim=OptimConfig(epochs=8, batch_size=64, lr_per_256=0.24, warmup_epochs=1),
+    method=MoCoV2Config(queue_size=1024),
+    run=RunConfig(name="demo-mocov2", knn_every_epochs=4, log_every_steps=10),
+)
 
 
 def main(args: list[str] | None = None) -> dict:

@@ -10,7 +10,6 @@ recipe (Mini-SSL's main_pretrain_evaluation.sh); cross-view InfoNCE with τ 0.2 
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,10 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastssl.config import ModelConfig, TrainConfig  # noqa: E402
+from fastssl.config import TrainConfig, dataset_presets  # noqa: E402
 from fastssl.methods.simclr import SimCLR, SimCLRConfig  # noqa: E402
 from fastssl.recipe import run_recipe  # noqa: E402
-from pipelines.views import ViewConfig, two_views  # noqa: E402
-
-replace = dataclasses.replace
+from pipelines.views import two_views  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -32,19 +29,7 @@ class Config(TrainConfig):
     method: SimCLRConfig = field(default_factory=SimCLRConfig)
 
 
-CIFAR10 = Config(data=tyro.MISSING)  # type: ignore[arg-type]
-PRESETS = {
-    "cifar10": CIFAR10,
-    "cifar100": replace(
-        CIFAR10,
-        views=ViewConfig(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761)),
-    ),
-    "tiny-imagenet": replace(
-        CIFAR10,
-        views=ViewConfig(size=64, mean=(0.4802, 0.4481, 0.3975), std=(0.2302, 0.2265, 0.2262)),
-        model=ModelConfig(maxpool=True),
-    ),
-}
+PRESETS = dataset_presets(Config(data=tyro.MISSING))  # type: ignore[arg-type]
 
 
 def main(args: list[str] | None = None) -> dict:
