@@ -2,7 +2,7 @@
 
 On disk, per split: ``images.npy`` (N×H×W×3 uint8, memory-mappable), ``labels.npy``
 (int64), ``indices.npy`` (int64 dataset indices) and ``files.txt`` (source paths). The
-loader copies a split to the device once; every step gathers a batch by index and makes
+split is copied to the device once; every step gathers a batch by index and makes
 its views there. H×W×3 storage read as N×3×H×W is exactly channels-last, so no layout copy
 happens anywhere.
 """
@@ -10,16 +10,13 @@ happens anywhere.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pipelines.batch import ViewBatch
-from pipelines.dataset import DatasetError, DatasetInfo, read_info
-from pipelines.views import ViewRecipe
+from pipelines.dataset import DatasetError, DatasetInfo
 
 SPLIT_FILES = ("images.npy", "labels.npy", "indices.npy")
 
@@ -74,8 +71,9 @@ def read_split(info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray, n
     return images, labels, indices
 
 
-class DeviceSplit:
-    """One split's pixels, labels and indices as device tensors."""
+class TensorSplit:
+    """One split's pixels, labels and indices as device tensors (the ``Split`` of the
+    ``tensor`` format): a batch is a gather on the device."""
 
     def __init__(self, info: DatasetInfo, split: str, device: torch.device) -> None:
         images, labels, indices = read_split(info, split)
@@ -83,96 +81,11 @@ class DeviceSplit:
         self.images = pixels.permute(0, 3, 1, 2)  # N×3×H×W view, channels-last memory
         self.labels = torch.from_numpy(labels).to(device)
         self.indices = torch.from_numpy(indices).to(device)
-        height, width = self.images.shape[-2:]
-        self.sizes = torch.tensor([[height, width]]).expand(len(labels), 2)
+        self.sizes = torch.tensor([info.image_size]).expand(len(labels), 2)
+        self.device = device
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
-    """The order of one epoch, the same on every rank and for every backend."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1)[0]
-    return torch.randperm(n, generator=torch.Generator().manual_seed(int(state)))
-
-
-class TensorLoader:
-    """Yields ``ViewBatch`` es of the training split; ``batch_size`` is the global batch.
-
-    Each of ``world`` ranks takes its contiguous share of every global batch, so one
-    process and several see the same images per step. ``drop_last`` always: methods with
-    in-batch negatives or batch statistics need full batches.
-    """
-
-    def __init__(
-        self,
-        root: Path,
-        recipe: ViewRecipe,
-        batch_size: int,
-        device: torch.device,
-        seed: int = 0,
-        rank: int = 0,
-        world: int = 1,
-    ) -> None:
-        self.info = read_info(root)
-        if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
-        self.recipe, self.batch_size, self.device = recipe, batch_size, device
-        self.seed, self.rank, self.world = seed, rank, world
-        self.train = DeviceSplit(self.info, self.info.train_split, device)
-        if len(self.train) < batch_size:
-            raise ValueError(f"{root}: {len(self.train)} training images < batch size {batch_size}")
-        # The same on every rank: each draws the parameters of the whole global batch.
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.step = 0, 0
-        self._eval_splits: dict[str, DeviceSplit] = {}
-
-    def __len__(self) -> int:
-        return len(self.train) // self.batch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.step = epoch, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.generator.set_state(state["generator"])
-
-    def __iter__(self) -> Iterator[ViewBatch]:
-        order = epoch_permutation(len(self.train), self.seed, self.epoch)
-        local = self.batch_size // self.world
-        while self.step < len(self):
-            start = self.step * self.batch_size + self.rank * local
-            chosen = order[start : start + local]
-            self.step += 1  # a checkpoint taken after this batch resumes at the next
-            yield self._make_batch(chosen, self.rank * local)
-
-    def _make_batch(self, chosen: Tensor, offset: int) -> ViewBatch:
-        sizes = self.train.sizes[: self.batch_size]  # of the global batch (all equal here)
-        index = chosen.to(self.device, non_blocking=True)
-        images = self.train.images[index]
-        views, meta = self.recipe(images, sizes, self.generator, offset)
-        return ViewBatch(views, self.train.indices[index], self.train.labels[index], meta)
-
-    def eval_loader(self, split: str, batch_size: int) -> Iterator[ViewBatch]:
-        """Deterministic, un-augmented, normalised batches of this rank's shard of a split.
-
-        Every rank gets ⌈n/world⌉ images (the last ones repeated to even the shards);
-        gather and index by ``indices`` to undo the sharding.
-        """
-        if split not in self._eval_splits:
-            data = self.train if split == self.info.train_split else None
-            self._eval_splits[split] = data or DeviceSplit(self.info, split, self.device)
-        data = self._eval_splits[split]
-        mean, std = self.recipe.mean_std
-        mean_t = torch.tensor(mean, device=self.device)[None, :, None, None]
-        std_t = torch.tensor(std, device=self.device)[None, :, None, None]
-        shard = -(-len(data) // self.world)
-        positions = torch.arange(self.rank * shard, (self.rank + 1) * shard).clamp(max=len(data) - 1)
-        for start in range(0, shard, batch_size):
-            index = positions[start : start + batch_size].to(self.device)
-            images = (data.images[index].float() / 255 - mean_t) / std_t
-            images = images.contiguous(memory_format=torch.channels_last)
-            yield ViewBatch({"eval": images}, data.indices[index], data.labels[index], {})
+    def fetch(self, index: Tensor) -> Tensor:
+        return self.images[index.to(self.device, non_blocking=True)]

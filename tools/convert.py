@@ -20,15 +20,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-import numpy as np
-import tyro
-from tqdm import tqdm
+# The repository root replaces this script's folder on the path: tools/profile.py would
+# otherwise shadow the standard library's ``profile`` module (imported by torch).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+import tyro  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from fastssl.cli import fail, parse  # noqa: E402
+from pipelines import jpeg  # noqa: E402
 from pipelines.dataset import FORMAT_VERSION, META_FILE  # noqa: E402
 from pipelines.sources import Sample, SourceError, decode, read_source  # noqa: E402
 from pipelines.tensor import write_split  # noqa: E402
@@ -40,7 +43,8 @@ PROGRAM = "convert.py"
 class ConvertConfig:
     source: Annotated[Path, tyro.conf.Positional]  # data set directory or tar archive
     out: Annotated[Path, tyro.conf.Positional]  # converted data set directory (must not exist)
-    format: str = "tensor"  # output format; "tensor" is the one implemented
+    # tensor: decoded uint8 pixels (fixed size); jpeg: the source JPEG bytes, decoded per batch
+    format: Literal["tensor", "jpeg"] = "tensor"
     size: int | None = None  # resize shorter side to SIZE, keep the centre SIZE×SIZE
     check: int = 256  # images per split re-decoded and compared exactly; 0 skips
     workers: int = os.cpu_count() or 1  # decoding processes
@@ -136,8 +140,8 @@ def round_trip_check(samples: list[Sample], cfg: ConvertConfig, folder: Path) ->
 
 
 def _validate(cfg: ConvertConfig) -> None:
-    if cfg.format != "tensor":
-        raise SourceError(f"--format {cfg.format}: only 'tensor' is implemented")
+    if cfg.format == "jpeg" and cfg.size is not None:
+        raise SourceError("--size: the jpeg format keeps the source bytes, so it cannot resize")
     if cfg.size is not None and cfg.size < 1:
         raise SourceError(f"--size {cfg.size}: must be a positive number of pixels")
     if cfg.check < 0:
@@ -170,13 +174,18 @@ def convert(cfg: ConvertConfig) -> dict:
         with multiprocessing.get_context("fork").Pool(cfg.workers, initializer=_worker_init) as pool:
             for split, samples in source.splits.items():
                 folder = partial / split
+                if cfg.format == "jpeg":
+                    splits[split], largest = jpeg.write_split(folder, samples, cfg.source)
+                    image_size = tuple(max(a, b) for a, b in zip(largest, image_size or largest, strict=True))
+                    splits[split]["checked"] = jpeg.round_trip_check(samples, folder, cfg.check, cfg.source)
+                    continue
                 image_size = decode_all(pool, samples, cfg, split, folder, first)
                 first = (samples[0], (*image_size, 3))
                 labels = np.array([s.label for s in samples], dtype=np.int64)
                 splits[split] = write_split(folder, None, labels, [s.path for s in samples])
                 splits[split]["checked"] = round_trip_check(samples, cfg, folder) if cfg.check else 0
         meta = {
-            "format": "tensor",
+            "format": cfg.format,
             "version": FORMAT_VERSION,
             "source": str(cfg.source),
             "source_kind": source.kind,

@@ -14,16 +14,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torchvision.utils import save_image
+# The repository root replaces this script's folder on the path: tools/profile.py would
+# otherwise shadow the standard library's ``profile`` module (imported by torch).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
 
 from fastssl.cli import fail, parse  # noqa: E402
 from pipelines.dataset import DatasetError, read_info  # noqa: E402
-from pipelines.tensor import read_split  # noqa: E402
+from pipelines.loader import open_split  # noqa: E402
 from pipelines.views import ViewConfig, two_views  # noqa: E402
 
 PROGRAM = "show_views.py"
@@ -70,13 +72,13 @@ def show(cfg: ShowConfig) -> None:
     if cfg.out.suffix.lower() != ".png":
         fail(PROGRAM, f"--out {cfg.out}: must be a .png file")
     try:
-        info = read_info(cfg.data)
-        images, _, _ = read_split(info, cfg.split)
+        data = open_split(read_info(cfg.data), cfg.split, torch.device("cpu"))
     except DatasetError as error:
         fail(PROGRAM, error)
-    if not 0 <= cfg.index < len(images):
-        fail(PROGRAM, f"--index {cfg.index}: out of range, split '{cfg.split}' has {len(images)} images")
-    image = images[cfg.index]
+    if not 0 <= cfg.index < len(data):
+        fail(PROGRAM, f"--index {cfg.index}: out of range, split '{cfg.split}' has {len(data)} images")
+    height, width = data.sizes[cfg.index].tolist()
+    image = data.fetch(torch.tensor([cfg.index]))[0, :, :height, :width].permute(1, 2, 0).numpy()
     views = make_views(image, cfg.views, cfg.seed, ViewConfig())
     tiles = grid_tiles(image, views, cfg.zoom)
     try:

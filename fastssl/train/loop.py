@@ -33,7 +33,7 @@ from fastssl.models.resnet import ResNet, build_backbone
 from fastssl.train import checkpoint
 from fastssl.train.schedule import warmup_cosine
 from pipelines.dataset import read_info
-from pipelines.tensor import TensorLoader
+from pipelines.loader import Loader
 from pipelines.views import ViewRecipe
 
 CHECKPOINT = "checkpoint.pt"
@@ -119,7 +119,7 @@ class Trainer:
                 "or --run.name to start another"
             )
 
-        self.loader = TensorLoader(
+        self.loader = Loader(
             cfg.data, views, cfg.optim.batch_size, self.device, cfg.run.seed,
             acc.process_index, acc.num_processes,
         )

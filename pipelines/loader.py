@@ -1,0 +1,146 @@
+"""The loader every format shares: order, sharding, resumable state and evaluation batches.
+
+A format supplies only a ``Split``: how many images, their sizes, and ``fetch(index)`` →
+uint8 pixels on the training device (padded to the largest image of the batch). The order
+comes from one fastssl permutation per epoch, so every backend yields the same images in
+the same steps, and a checkpoint taken after step s resumes at s+1 with the same views.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipelines.augment import CropParams, Normalize, RandomResizedCrop
+from pipelines.batch import ViewBatch
+from pipelines.dataset import DatasetError, DatasetInfo, read_info
+from pipelines.views import ViewRecipe
+
+# format name → "module:class" of its Split, imported only when used (optional backends).
+SPLIT_READERS = {"tensor": "pipelines.tensor:TensorSplit", "jpeg": "pipelines.jpeg:JpegSplit"}
+
+
+class Split(Protocol):
+    labels: Tensor  # on the device
+    indices: Tensor  # on the device
+    sizes: Tensor  # N×2 (height, width), on the CPU
+
+    def __len__(self) -> int: ...
+
+    def fetch(self, index: Tensor) -> Tensor:
+        """uint8 B×3×H×W on the device for the images at ``index`` (CPU int64),
+        zero-padded to the batch's largest height and width."""
+        ...
+
+
+def open_split(info: DatasetInfo, split: str, device: torch.device) -> Split:
+    if info.format not in SPLIT_READERS:
+        raise DatasetError(f"{info.root}: unknown format '{info.format}' ({', '.join(SPLIT_READERS)})")
+    module, name = SPLIT_READERS[info.format].split(":")
+    return getattr(importlib.import_module(module), name)(info, split, device)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The order of one epoch, the same on every rank and for every backend."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1)[0]
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(state)))
+
+
+def centre_square(size: int) -> RandomResizedCrop:
+    """The evaluation view: the largest centred square, resized to ``size`` (identity for
+    square images of that size)."""
+    return RandomResizedCrop(size)
+
+
+def centre_square_params(sizes: Tensor) -> CropParams:
+    side = sizes.min(1).values
+    top = torch.div(sizes[:, 0] - side, 2, rounding_mode="floor")
+    left = torch.div(sizes[:, 1] - side, 2, rounding_mode="floor")
+    return CropParams(torch.stack([top, left, side, side], 1).long())
+
+
+class Loader:
+    """Yields ``ViewBatch`` es of the training split; ``batch_size`` is the global batch.
+
+    Each of ``world`` ranks takes its contiguous share of every global batch, so one
+    process and several see the same images per step. ``drop_last`` always: methods with
+    in-batch negatives or batch statistics need full batches.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        recipe: ViewRecipe,
+        batch_size: int,
+        device: torch.device,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.info = read_info(root)
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+        self.recipe, self.batch_size, self.device = recipe, batch_size, device
+        self.seed, self.rank, self.world = seed, rank, world
+        self.train = open_split(self.info, self.info.train_split, device)
+        if len(self.train) < batch_size:
+            raise ValueError(f"{root}: {len(self.train)} training images < batch size {batch_size}")
+        # The same on every rank: each draws the parameters of the whole global batch.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.step = 0, 0
+        self._eval_splits: dict[str, Split] = {self.info.train_split: self.train}
+
+    def __len__(self) -> int:
+        return len(self.train) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.step = epoch, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.generator.set_state(state["generator"])
+
+    def __iter__(self) -> Iterator[ViewBatch]:
+        order = epoch_permutation(len(self.train), self.seed, self.epoch)
+        local = self.batch_size // self.world
+        while self.step < len(self):
+            batch = order[self.step * self.batch_size : (self.step + 1) * self.batch_size]
+            self.step += 1  # a checkpoint taken after this batch resumes at the next
+            yield self.make_batch(batch, self.rank * local, local)
+
+    def make_batch(self, batch: Tensor, offset: int, count: int) -> ViewBatch:
+        """Views of images ``batch[offset : offset + count]`` of a global batch."""
+        chosen = batch[offset : offset + count]
+        images = self.train.fetch(chosen)
+        views, meta = self.recipe(images, self.train.sizes[batch], self.generator, offset)
+        index = chosen.to(self.device, non_blocking=True)
+        return ViewBatch(views, self.train.indices[index], self.train.labels[index], meta)
+
+    def eval_loader(self, split: str, batch_size: int) -> Iterator[ViewBatch]:
+        """Deterministic, un-augmented, normalised batches of this rank's shard of a split:
+        the centred square of each image at the training views' size.
+
+        Every rank gets ⌈n/world⌉ images (the last ones repeated to even the shards);
+        gather and index by ``indices`` to undo the sharding.
+        """
+        if split not in self._eval_splits:
+            self._eval_splits[split] = open_split(self.info, split, self.device)
+        data = self._eval_splits[split]
+        size = next(iter(self.recipe.groups.values())).config.size
+        crop, normalize = centre_square(size), Normalize(*self.recipe.mean_std)
+        shard = -(-len(data) // self.world)
+        positions = torch.arange(self.rank * shard, (self.rank + 1) * shard).clamp(max=len(data) - 1)
+        for start in range(0, shard, batch_size):
+            chosen = positions[start : start + batch_size]
+            images = crop(data.fetch(chosen), centre_square_params(data.sizes[chosen]))
+            index = chosen.to(self.device, non_blocking=True)
+            yield ViewBatch({"eval": normalize(images)}, data.indices[index], data.labels[index], {})

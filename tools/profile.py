@@ -1,0 +1,174 @@
+"""Where a training step's time goes: each stage alone, then the whole step.
+
+    python tools/profile.py --data data/cifar10 --recipe mocov2 [--steps 5] [--trace trace.json]
+
+Builds the recipe's real trainer for a converted data set (its format picks the backend)
+and times, over ``--steps`` steps after a warm-up: read/decode (the backend's fetch), view
+making, forward with the loss, backward, optimiser step with the method's hooks, and the
+whole step as the loop runs it. CUDA work is timed with CUDA events, CPU work with the
+host clock. Prints a table, names the slowest stage, writes JSON, and can export a
+``torch.profiler`` trace of a few whole steps (open it in Perfetto or chrome://tracing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# This script's folder must not stay first on the path: its name would shadow the standard
+# library's ``profile`` module, which ``cProfile`` (imported by torch) needs.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import torch  # noqa: E402
+
+from fastssl.cli import fail, parse  # noqa: E402
+from fastssl.methods.base import Progress  # noqa: E402
+from fastssl.recipe import load_recipe  # noqa: E402
+from fastssl.train.loop import Meter, RunError, Trainer  # noqa: E402
+from pipelines.batch import ViewBatch  # noqa: E402
+from pipelines.dataset import DatasetError  # noqa: E402
+from pipelines.loader import epoch_permutation  # noqa: E402
+
+PROGRAM = "profile.py"
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    data: Path  # a converted data set
+    recipe: str = "mocov2"  # recipes/<recipe>.py
+    preset: str = "cifar10"
+    batch_size: int | None = None  # default: the recipe's
+    width: int | None = None  # ResNet first-stage channels; default: the recipe's
+    steps: int = 5  # timed steps per stage, after one warm-up
+    out: Path = Path("profile.json")
+    trace: Path | None = None  # also write a torch.profiler Chrome trace of 2 steps here
+
+
+class Timer:
+    """Milliseconds of a call, and its result: CUDA events on a GPU, the host clock on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, work: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = work(*args)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end), result
+        begin = time.perf_counter()
+        result = work(*args)
+        return 1000 * (time.perf_counter() - begin), result
+
+
+def build(cfg: ProfileConfig, out_dir: Path) -> Trainer:
+    try:
+        recipe = load_recipe(cfg.recipe)
+    except FileNotFoundError:
+        fail(PROGRAM, f"--recipe {cfg.recipe}: no recipes/{cfg.recipe}.py")
+    if cfg.preset not in recipe.PRESETS:
+        fail(PROGRAM, f"--preset {cfg.preset}: {cfg.recipe} has {', '.join(recipe.PRESETS)}")
+    train = recipe.PRESETS[cfg.preset]
+    optim = train.optim if cfg.batch_size is None else dataclasses.replace(train.optim, batch_size=cfg.batch_size)
+    model = train.model if cfg.width is None else dataclasses.replace(train.model, width=cfg.width)
+    run = dataclasses.replace(train.run, out_dir=out_dir, progress_bar=False)
+    train = dataclasses.replace(train, data=cfg.data, optim=optim, model=model, run=run)
+    method_type = next(
+        v for v in vars(recipe).values() if isinstance(v, type) and v.__module__.startswith("fastssl.methods.")
+    )
+    build_method = lambda backbone: method_type(train.method, backbone)  # noqa: E731
+    return Trainer(train, cfg.recipe, build_method, recipe.two_views(train.views))
+
+
+def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
+    loader, method, acc = trainer.loader, trainer.method, trainer.accelerator
+    timer = Timer(trainer.device)
+    steps = len(loader)
+    order = epoch_permutation(len(loader.train), loader.seed, 0)
+    batch_size = loader.batch_size
+    names = ("read/decode", "views", "forward+loss", "backward", "optimiser")
+    stages: dict[str, list[float]] = {name: [] for name in names}
+    meter = Meter()
+
+    def forward(batch: ViewBatch) -> Any:
+        with acc.autocast():
+            return method(batch)
+
+    def optimise(progress: Progress) -> None:
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(progress)
+
+    for step in range(cfg.steps + 1):
+        chosen = order[(step % steps) * batch_size : (step % steps + 1) * batch_size]
+        progress = Progress(0, step % steps, steps, trainer.cfg.optim.epochs)
+        times = {}
+        times["read/decode"], images = timer(loader.train.fetch, chosen)
+        times["views"], (views, meta) = timer(loader.recipe, images, loader.train.sizes[chosen], loader.generator)
+        index = chosen.to(trainer.device)
+        batch = ViewBatch(views, loader.train.indices[index], loader.train.labels[index], meta)
+        method.before_step(progress)
+        times["forward+loss"], out = timer(forward, batch)
+        times["backward"], _ = timer(acc.backward, out.loss)
+        times["optimiser"], _ = timer(optimise, progress)
+        if step:  # the first step warms up
+            for name, value in times.items():
+                stages[name].append(value)
+    batches = iter(loader)
+    whole = []
+    for step in range(cfg.steps + 1):
+        progress = Progress(0, loader.step, steps, trainer.cfg.optim.epochs)
+        batch = next(batches, None) or next(iter(loader))
+        elapsed, _ = timer(trainer._step, batch, progress, meter)
+        if step:
+            whole.append(elapsed)
+    stages_ms = {name: statistics.median(values) for name, values in stages.items()}
+    # The loop's step draws its batch from the loader before the clock starts, so add it.
+    whole_ms = statistics.median(whole) + stages_ms["read/decode"] + stages_ms["views"]
+    if cfg.trace is not None:
+        with torch.profiler.profile() as prof:
+            for _ in range(2):
+                batch = next(batches, None) or next(iter(loader))
+                trainer._step(batch, Progress(0, 0, steps, 1), meter)
+        prof.export_chrome_trace(str(cfg.trace))
+    return {"stages_ms": stages_ms, "whole_step_ms": whole_ms, "batch_size": batch_size}
+
+
+def main(args: list[str] | None = None) -> None:
+    cfg = parse(ProfileConfig, None, args, PROGRAM)
+    with tempfile.TemporaryDirectory() as out_dir:
+        try:
+            trainer = build(cfg, Path(out_dir))
+        except (RunError, DatasetError, ValueError) as error:
+            fail(PROGRAM, error)
+        result = profile(cfg, trainer)
+    device = trainer.device
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    n = result["batch_size"]
+    print(f"\n{cfg.recipe} on {cfg.data} ({trainer.info.format} backend), batch {n}, {device_name}, "
+          f"median of {cfg.steps} steps\n")
+    print("| stage | ms/step | images/s | share of step |\n|---|---:|---:|---:|")
+    whole = result["whole_step_ms"]
+    for name, ms in result["stages_ms"].items():
+        print(f"| {name} | {ms:.1f} | {1000 * n / ms:.0f} | {100 * ms / whole:.1f}% |")
+    print(f"| whole step | {whole:.1f} | {1000 * n / whole:.0f} | 100% |")
+    bottleneck = max(result["stages_ms"], key=result["stages_ms"].get)
+    print(f"\nbottleneck: {bottleneck}")
+    record = {"recipe": cfg.recipe, "data": str(cfg.data), "format": trainer.info.format, "device": device_name,
+              "date": time.strftime("%Y-%m-%d"), "bottleneck": bottleneck, **result}
+    cfg.out.write_text(json.dumps(record, indent=1))
+    print(f"{cfg.out} written" + (f"; trace {cfg.trace}" if cfg.trace else ""))
+
+
+if __name__ == "__main__":
+    main()
