@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +39,10 @@ def _jpeg_bytes(sample: Sample, origin: Path) -> tuple[bytes, tuple[int, int]]:
     return data, (height, width)
 
 
-def write_split(folder: Path, samples: list[Sample], origin: Path) -> tuple[dict, tuple[int, int]]:
-    """Pack one split; returns its metadata entry and the largest (height, width)."""
+def write_split(folder: Path, samples: list[Sample], cfg: Any) -> tuple[dict, tuple[int, int]]:
+    """Pack one split (``cfg``: the converter's options); returns its metadata entry and
+    the largest (height, width)."""
+    origin = cfg.source
     folder.mkdir(parents=True)
     offsets, sizes = [0], []
     with open(folder / "images.bin", "wb") as packed:
@@ -58,8 +61,9 @@ def write_split(folder: Path, samples: list[Sample], origin: Path) -> tuple[dict
     return entry, largest  # type: ignore[return-value]
 
 
-def round_trip_check(samples: list[Sample], folder: Path, count: int, origin: Path) -> int:
+def round_trip_check(samples: list[Sample], folder: Path, cfg: Any) -> int:
     """Stored bytes equal the source file's, exactly, and decode to the recorded size."""
+    count, origin = cfg.check, cfg.source
     packed = np.fromfile(folder / "images.bin", dtype=np.uint8)
     offsets, sizes = np.load(folder / "offsets.npy"), np.load(folder / "sizes.npy")
     labels = np.load(folder / "labels.npy")

@@ -23,7 +23,13 @@ from pipelines.dataset import DatasetError, DatasetInfo, read_info
 from pipelines.views import ViewRecipe
 
 # format name → "module:class" of its Split, imported only when used (optional backends).
-SPLIT_READERS = {"tensor": "pipelines.tensor:TensorSplit", "jpeg": "pipelines.jpeg:JpegSplit"}
+SPLIT_READERS = {
+    "tensor": "pipelines.tensor:TensorSplit",
+    "jpeg": "pipelines.jpeg:JpegSplit",
+    "ffcv": "pipelines.ffcv:FfcvSplit",
+    "dali": "pipelines.dali:DaliSplit",
+}
+EXTRAS = {"ffcv": "ffcv", "dali": "dali"}  # formats whose backend is an optional extra
 
 
 class Split(Protocol):
@@ -39,11 +45,34 @@ class Split(Protocol):
         ...
 
 
+def stream(split: Split, batches: list[Tensor]) -> Iterator[Tensor]:
+    """The pixels of each batch of indices in turn: the split's own ``stream`` where it has
+    one (a backend with a pipeline of its own, e.g. FFCV, reads a whole epoch's order at
+    once), else one ``fetch`` per batch."""
+    own = getattr(split, "stream", None)
+    return own(batches) if own is not None else map(split.fetch, batches)
+
+
 def open_split(info: DatasetInfo, split: str, device: torch.device) -> Split:
     if info.format not in SPLIT_READERS:
         raise DatasetError(f"{info.root}: unknown format '{info.format}' ({', '.join(SPLIT_READERS)})")
-    module, name = SPLIT_READERS[info.format].split(":")
-    return getattr(importlib.import_module(module), name)(info, split, device)
+    return load_backend(SPLIT_READERS[info.format], info.format)(info, split, device)
+
+
+def load_backend(target: str, format_name: str):
+    """Import a format's backend, ``module`` or ``module:attribute``, naming the extra
+    that provides it when its library is missing."""
+    module, _, name = target.partition(":")
+    try:
+        imported = importlib.import_module(module)
+        return getattr(imported, name) if name else imported
+    except ImportError as error:
+        if format_name in EXTRAS:
+            raise DatasetError(
+                f"the {format_name} format needs the [{EXTRAS[format_name]}] extra: "
+                f"pip install -e '.[{EXTRAS[format_name]}]' ({error})"
+            ) from error
+        raise
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
@@ -111,19 +140,14 @@ class Loader:
 
     def __iter__(self) -> Iterator[ViewBatch]:
         order = epoch_permutation(len(self.train), self.seed, self.epoch)
-        local = self.batch_size // self.world
-        while self.step < len(self):
-            batch = order[self.step * self.batch_size : (self.step + 1) * self.batch_size]
+        offset = self.rank * (self.batch_size // self.world)
+        batches = [order[s * self.batch_size : (s + 1) * self.batch_size] for s in range(self.step, len(self))]
+        shares = [batch[offset : offset + self.batch_size // self.world] for batch in batches]
+        for batch, share, images in zip(batches, shares, stream(self.train, shares), strict=True):
             self.step += 1  # a checkpoint taken after this batch resumes at the next
-            yield self.make_batch(batch, self.rank * local, local)
-
-    def make_batch(self, batch: Tensor, offset: int, count: int) -> ViewBatch:
-        """Views of images ``batch[offset : offset + count]`` of a global batch."""
-        chosen = batch[offset : offset + count]
-        images = self.train.fetch(chosen)
-        views, meta = self.recipe(images, self.train.sizes[batch], self.generator, offset)
-        index = chosen.to(self.device, non_blocking=True)
-        return ViewBatch(views, self.train.indices[index], self.train.labels[index], meta)
+            views, meta = self.recipe(images, self.train.sizes[batch], self.generator, offset)
+            index = share.to(self.device, non_blocking=True)
+            yield ViewBatch(views, self.train.indices[index], self.train.labels[index], meta)
 
     def eval_loader(self, split: str, batch_size: int) -> Iterator[ViewBatch]:
         """Deterministic, un-augmented, normalised batches of this rank's shard of a split:

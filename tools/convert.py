@@ -31,20 +31,24 @@ import tyro  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from fastssl.cli import fail, parse  # noqa: E402
-from pipelines import jpeg  # noqa: E402
-from pipelines.dataset import FORMAT_VERSION, META_FILE  # noqa: E402
+from pipelines.dataset import FORMAT_VERSION, META_FILE, DatasetError  # noqa: E402
+from pipelines.loader import load_backend  # noqa: E402
 from pipelines.sources import Sample, SourceError, decode, read_source  # noqa: E402
 from pipelines.tensor import write_split  # noqa: E402
 
 PROGRAM = "convert.py"
+# Packaging formats: each module has write_split(folder, samples, cfg) → (meta entry,
+# largest (height, width)) and round_trip_check(samples, folder, cfg) → images checked.
+WRITERS = {"jpeg": "pipelines.jpeg", "ffcv": "pipelines.ffcv", "dali": "pipelines.dali"}
 
 
 @dataclass(frozen=True)
 class ConvertConfig:
     source: Annotated[Path, tyro.conf.Positional]  # data set directory or tar archive
     out: Annotated[Path, tyro.conf.Positional]  # converted data set directory (must not exist)
-    # tensor: decoded uint8 pixels (fixed size); jpeg: the source JPEG bytes, decoded per batch
-    format: Literal["tensor", "jpeg"] = "tensor"
+    # tensor: decoded uint8 pixels (fixed size); jpeg: the source JPEG bytes, decoded per
+    # batch; ffcv: an FFCV .beton ([ffcv] extra); dali: a DALI file list ([dali] extra)
+    format: Literal["tensor", "jpeg", "ffcv", "dali"] = "tensor"
     size: int | None = None  # resize shorter side to SIZE, keep the centre SIZE×SIZE
     check: int = 256  # images per split re-decoded and compared exactly; 0 skips
     workers: int = os.cpu_count() or 1  # decoding processes
@@ -174,10 +178,11 @@ def convert(cfg: ConvertConfig) -> dict:
         with multiprocessing.get_context("fork").Pool(cfg.workers, initializer=_worker_init) as pool:
             for split, samples in source.splits.items():
                 folder = partial / split
-                if cfg.format == "jpeg":
-                    splits[split], largest = jpeg.write_split(folder, samples, cfg.source)
+                if cfg.format != "tensor":  # a packaging format: its module writes and checks
+                    writer = load_backend(WRITERS[cfg.format], cfg.format)
+                    splits[split], largest = writer.write_split(folder, samples, cfg)
                     image_size = tuple(max(a, b) for a, b in zip(largest, image_size or largest, strict=True))
-                    splits[split]["checked"] = jpeg.round_trip_check(samples, folder, cfg.check, cfg.source)
+                    splits[split]["checked"] = writer.round_trip_check(samples, folder, cfg)
                     continue
                 image_size = decode_all(pool, samples, cfg, split, folder, first)
                 first = (samples[0], (*image_size, 3))
@@ -228,7 +233,7 @@ def main(args: list[str] | None = None) -> None:
     handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         meta = convert(cfg)
-    except (SourceError, OSError) as error:
+    except (SourceError, DatasetError, OSError) as error:
         fail(PROGRAM, error)
     except KeyboardInterrupt:
         print(f"{PROGRAM}: interrupted; {cfg.out} not written", file=sys.stderr)

@@ -509,7 +509,7 @@ def _bad_cases(base: Path) -> dict[str, tuple[list[str], str]]:
 
     source = folder("fine")
     cases["size-zero"] = ([str(source), "--size", "0"], "--size")
-    cases["unknown-format"] = ([str(source), "--format", "ffcv"], "--format")
+    cases["unknown-format"] = ([str(source), "--format", "bogus"], "--format")
     cases["bad-option"] = ([str(source), "--sise", "3"], "--sise")
     cases["out-exists"] = ([str(source)], "out/data: already exists")
     return cases
