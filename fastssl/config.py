@@ -12,6 +12,7 @@ from pipelines.views import ViewConfig
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,32 @@ def dataset_presets(cifar10: C) -> dict[str, C]:
     """A recipe's presets per data set, from its CIFAR-10 configuration: the normalisation
     statistics, view size and stem Mini-SSL uses for each (data_public.py, resnet.py).
     Method-specific changes (e.g. MoCo's Tiny-ImageNet momentum) are the recipe's."""
+    views, model = cifar10.views, cifar10.model
+
+    def imagenet_like(size: int) -> C:  # ImageNet stem and statistics (fastssl-tuned for Imagenette)
+        return replace(
+            cifar10,
+            views=replace(views, size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            model=replace(model, cifar_stem=False, maxpool=True),
+        )
+
     return {
         "cifar10": cifar10,
-        "cifar100": replace(cifar10, views=replace(cifar10.views, mean=CIFAR100_MEAN, std=CIFAR100_STD)),
+        "cifar100": replace(cifar10, views=replace(views, mean=CIFAR100_MEAN, std=CIFAR100_STD)),
+        # Mini-SSL: 64 px, 3×3 stem with the max-pool kept.
         "tiny-imagenet": replace(
             cifar10,
-            views=replace(cifar10.views, size=64, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD),
-            model=replace(cifar10.model, maxpool=True),
+            views=replace(views, size=64, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD),
+            model=replace(model, maxpool=True),
         ),
+        # The 32 px copy in ../shared/data: CIFAR geometry, Tiny-ImageNet statistics (fastssl-tuned).
+        "tiny-imagenet-32": replace(cifar10, views=replace(views, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD)),
+        # Mini-SSL's STL-10: 96 px, 3×3 stem with the max-pool kept; ImageNet statistics.
+        "stl10": replace(
+            cifar10,
+            views=replace(views, size=96, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            model=replace(model, maxpool=True),
+        ),
+        "imagenette-128": imagenet_like(128),
+        "imagenette-224": imagenet_like(224),
     }

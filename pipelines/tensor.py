@@ -2,9 +2,12 @@
 
 On disk, per split: ``images.npy`` (N×H×W×3 uint8, memory-mappable), ``labels.npy``
 (int64), ``indices.npy`` (int64 dataset indices) and ``files.txt`` (source paths). The
-split is copied to the device once; every step gathers a batch by index and makes
-its views there. H×W×3 storage read as N×3×H×W is exactly channels-last, so no layout copy
-happens anywhere.
+split is copied to the device once when it fits (else kept in pinned host memory); every
+step gathers a batch by index and makes its views on the device. H×W×3 storage read as
+N×3×H×W is exactly channels-last, so no layout copy happens anywhere. Large images are
+converted to a fixed size (``tools/convert.py --size``: shorter side resized, centre
+square kept — cropping rather than padding, so no view ever samples padding and the
+object, usually central, keeps its scale).
 """
 
 from __future__ import annotations
@@ -71,13 +74,31 @@ def read_split(info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray, n
     return images, labels, indices
 
 
-class TensorSplit:
-    """One split's pixels, labels and indices as device tensors (the ``Split`` of the
-    ``tensor`` format): a batch is a gather on the device."""
+def fits_on_device(nbytes: int, device: torch.device, share: float = 0.6) -> bool:
+    """Whether a split of ``nbytes`` should live on ``device``: always on the CPU; on CUDA
+    while it takes at most ``share`` of the free memory, leaving the rest to training."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= share * free
 
-    def __init__(self, info: DatasetInfo, split: str, device: torch.device) -> None:
+
+class TensorSplit:
+    """One split's pixels, labels and indices (the ``Split`` of the ``tensor`` format).
+
+    Resident on the training device whenever the pixels fit (a batch is then a gather on
+    the device); otherwise in pinned host memory, each batch gathered on the host and
+    copied asynchronously. ``resident=None`` decides by ``fits_on_device``.
+    """
+
+    def __init__(self, info: DatasetInfo, split: str, device: torch.device, resident: bool | None = None) -> None:
         images, labels, indices = read_split(info, split)
-        pixels = torch.from_numpy(np.array(images)).to(device)  # read once into memory
+        self.resident = fits_on_device(images.nbytes, device) if resident is None else resident
+        pixels = torch.from_numpy(np.array(images))  # read once into memory
+        if self.resident:
+            pixels = pixels.to(device)
+        elif device.type == "cuda":
+            pixels = pixels.pin_memory()
         self.images = pixels.permute(0, 3, 1, 2)  # N×3×H×W view, channels-last memory
         self.labels = torch.from_numpy(labels).to(device)
         self.indices = torch.from_numpy(indices).to(device)
@@ -88,4 +109,9 @@ class TensorSplit:
         return self.labels.shape[0]
 
     def fetch(self, index: Tensor) -> Tensor:
-        return self.images[index.to(self.device, non_blocking=True)]
+        if self.resident:
+            return self.images[index.to(self.device, non_blocking=True)]
+        batch = self.images[index]
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # the caching host allocator keeps it until the copy is done
+        return batch.to(self.device, non_blocking=True)

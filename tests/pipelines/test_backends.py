@@ -127,3 +127,13 @@ def test_jpeg_format_refuses_what_it_cannot_keep(tmp_path):
         assert result.returncode == 2 and expected in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]
+
+
+def test_tensor_split_from_host_memory_matches_the_resident_one(converted):
+    from pipelines.dataset import read_info
+    from pipelines.tensor import TensorSplit
+
+    info = read_info(converted["tensor"])
+    resident, host = TensorSplit(info, "train", CPU, resident=True), TensorSplit(info, "train", CPU, resident=False)
+    index = torch.tensor([7, 0, 31, 7])
+    assert torch.equal(resident.fetch(index), host.fetch(index))

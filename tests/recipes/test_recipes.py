@@ -26,6 +26,8 @@ def run(name, data, out, *extra):
     ("mocov2", []),
     ("simclr", []),
     ("simclr", ["--method.loss", "nt_xent", "--method.temperature", "0.5"]),
+    ("mocov2", ["--preset", "tiny-imagenet", "--views.size", "40"]),  # max-pool kept
+    ("simclr", ["--preset", "imagenette-128", "--views.size", "64"]),  # ImageNet stem
 ])
 def test_two_steps(name, extra, tiny_dataset, tmp_path):
     summary = run(name, tiny_dataset, tmp_path, "--optim.epochs", "1", "--run.stop-after-steps", "2", *extra)
