@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastssl.cli import fail, parse  # noqa: E402
 from pipelines.dataset import DatasetError, read_info  # noqa: E402
+from pipelines.reference import PilTwoViews  # noqa: E402
 from pipelines.tensor import read_split  # noqa: E402
 from pipelines.views import ViewConfig, two_views  # noqa: E402
 
@@ -105,34 +106,6 @@ def kornia_step(images: torch.Tensor, blur: bool) -> Callable[[torch.Tensor], ob
     return step
 
 
-class TwoViews(torch.utils.data.Dataset):
-    """Two PIL-transformed views of each H×W×3 uint8 image."""
-
-    def __init__(self, images: np.ndarray, blur: bool) -> None:
-        from torchvision import transforms as T
-
-        c = VIEWS
-        ops = [
-            T.RandomResizedCrop(c.size, scale=c.crop_scale, ratio=c.crop_ratio),
-            T.RandomHorizontalFlip(c.flip_p),
-            T.RandomApply([T.ColorJitter(*c.jitter)], p=c.jitter_p),
-            T.RandomGrayscale(c.grayscale_p),
-        ]
-        if blur:
-            ops.append(T.RandomApply([T.GaussianBlur(c.blur_kernel, c.blur_sigma)], p=c.blur_p))
-        ops += [T.ToTensor(), T.Normalize(c.mean, c.std)]
-        self.images, self.transform = images, T.Compose(ops)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
-
-        image = Image.fromarray(np.asarray(self.images[i]))
-        return self.transform(image), self.transform(image)
-
-
 # --- timing ------------------------------------------------------------------------------
 
 
@@ -165,7 +138,7 @@ def time_interleaved(
 
 def time_dataloader(images: np.ndarray, blur: bool, cfg: BenchConfig) -> list[float]:
     loader = torch.utils.data.DataLoader(
-        TwoViews(images, blur),
+        PilTwoViews(lambda i: np.asarray(images[i]), len(images), VIEWS, blur),
         batch_size=cfg.batch,
         shuffle=True,
         num_workers=cfg.workers,

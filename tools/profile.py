@@ -1,6 +1,6 @@
 """Where a training step's time goes: each stage alone, then the whole step.
 
-    python tools/profile.py --data data/cifar10 --recipe mocov2 [--steps 5] [--trace trace.json]
+    python tools/profile.py --data data/cifar10 [data/cifar10-jpeg …] --recipe mocov2 [--trace trace.json]
 
 Builds the recipe's real trainer for a converted data set (its format picks the backend)
 and times, over ``--steps`` steps after a warm-up: read/decode (the backend's fetch), view
@@ -8,6 +8,11 @@ making, forward with the loss, backward, optimiser step with the method's hooks,
 whole step as the loop runs it. CUDA work is timed with CUDA events, CPU work with the
 host clock. Prints a table, names the slowest stage, writes JSON, and can export a
 ``torch.profiler`` trace of a few whole steps (open it in Perfetto or chrome://tracing).
+
+Several ``--data`` (the same images in several formats) are profiled in one run, with a
+summary of the data stage (read/decode + views) per backend and, beside it, the usual
+baseline: a torchvision ``DataLoader`` whose workers decode with PIL and make the same two
+views image by image.
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ from fastssl.train.loop import Meter, RunError, Trainer  # noqa: E402
 from pipelines.batch import ViewBatch  # noqa: E402
 from pipelines.dataset import DatasetError  # noqa: E402
 from pipelines.loader import epoch_permutation  # noqa: E402
+from pipelines.reference import PilTwoViews  # noqa: E402
 
 PROGRAM = "profile.py"
 
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    data: Path  # a converted data set
+    data: tuple[Path, ...]  # one or more converted data sets (e.g. one per format)
     recipe: str = "mocov2"  # recipes/<recipe>.py
     preset: str = "cifar10"
     batch_size: int | None = None  # default: the recipe's
@@ -50,6 +56,8 @@ class ProfileConfig:
     steps: int = 5  # timed steps per stage, after one warm-up
     out: Path = Path("profile.json")
     trace: Path | None = None  # also write a torch.profiler Chrome trace of 2 steps here
+    baseline: bool = True  # also time a torchvision DataLoader + PIL on the first data set
+    workers: int = 2  # the baseline DataLoader's worker processes
 
 
 class Timer:
@@ -71,7 +79,7 @@ class Timer:
         return 1000 * (time.perf_counter() - begin), result
 
 
-def build(cfg: ProfileConfig, out_dir: Path) -> Trainer:
+def build(cfg: ProfileConfig, data: Path, out_dir: Path) -> Trainer:
     try:
         recipe = load_recipe(cfg.recipe)
     except FileNotFoundError:
@@ -82,7 +90,7 @@ def build(cfg: ProfileConfig, out_dir: Path) -> Trainer:
     optim = train.optim if cfg.batch_size is None else dataclasses.replace(train.optim, batch_size=cfg.batch_size)
     model = train.model if cfg.width is None else dataclasses.replace(train.model, width=cfg.width)
     run = dataclasses.replace(train.run, out_dir=out_dir, progress_bar=False)
-    train = dataclasses.replace(train, data=cfg.data, optim=optim, model=model, run=run)
+    train = dataclasses.replace(train, data=data, optim=optim, model=model, run=run)
     method_type = next(
         v for v in vars(recipe).values() if isinstance(v, type) and v.__module__.startswith("fastssl.methods.")
     )
@@ -144,30 +152,75 @@ def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
     return {"stages_ms": stages_ms, "whole_step_ms": whole_ms, "batch_size": batch_size}
 
 
-def main(args: list[str] | None = None) -> None:
-    cfg = parse(ProfileConfig, None, args, PROGRAM)
-    with tempfile.TemporaryDirectory() as out_dir:
-        try:
-            trainer = build(cfg, Path(out_dir))
-        except (RunError, DatasetError, ValueError) as error:
-            fail(PROGRAM, error)
-        result = profile(cfg, trainer)
-    device = trainer.device
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    n = result["batch_size"]
-    print(f"\n{cfg.recipe} on {cfg.data} ({trainer.info.format} backend), batch {n}, {device_name}, "
-          f"median of {cfg.steps} steps\n")
+def baseline_images_per_s(cfg: ProfileConfig, trainer: Trainer) -> float | None:
+    """Images/s of a torchvision DataLoader (PIL decode, per-image transforms, ``workers``
+    processes) making the same two views from the same data, or None for other formats."""
+    split = trainer.loader.train
+    if trainer.info.format == "jpeg":
+        packed, offsets = split.bytes.numpy(), split.offsets
+        read = lambda i: packed[offsets[i] : offsets[i + 1]].tobytes()  # noqa: E731
+    elif trainer.info.format == "tensor":
+        pixels = split.images.permute(0, 2, 3, 1).cpu().numpy()
+        read = lambda i: pixels[i]  # noqa: E731
+    else:
+        return None
+    config = next(iter(trainer.loader.recipe.groups.values())).config
+    dataset = PilTwoViews(read, len(split), config)
+    batch = trainer.loader.batch_size
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=cfg.workers,
+                                         drop_last=True, persistent_workers=cfg.workers > 0)
+    batches = iter(loader)
+    next(batches)
+    start = time.perf_counter()
+    count = min(cfg.steps, len(loader) - 1)
+    for _ in range(count):
+        next(batches)
+    rate = count * batch / (time.perf_counter() - start)
+    del batches
+    return rate
+
+
+def report(cfg: ProfileConfig, data: Path, trainer: Trainer, result: dict) -> None:
+    n, whole = result["batch_size"], result["whole_step_ms"]
+    print(f"\n{cfg.recipe} on {data} ({trainer.info.format} backend), batch {n}, median of {cfg.steps} steps\n")
     print("| stage | ms/step | images/s | share of step |\n|---|---:|---:|---:|")
-    whole = result["whole_step_ms"]
     for name, ms in result["stages_ms"].items():
         print(f"| {name} | {ms:.1f} | {1000 * n / ms:.0f} | {100 * ms / whole:.1f}% |")
     print(f"| whole step | {whole:.1f} | {1000 * n / whole:.0f} | 100% |")
-    bottleneck = max(result["stages_ms"], key=result["stages_ms"].get)
-    print(f"\nbottleneck: {bottleneck}")
-    record = {"recipe": cfg.recipe, "data": str(cfg.data), "format": trainer.info.format, "device": device_name,
-              "date": time.strftime("%Y-%m-%d"), "bottleneck": bottleneck, **result}
-    cfg.out.write_text(json.dumps(record, indent=1))
-    print(f"{cfg.out} written" + (f"; trace {cfg.trace}" if cfg.trace else ""))
+    print(f"\nbottleneck: {result['bottleneck']}")
+
+
+def main(args: list[str] | None = None) -> None:
+    cfg = parse(ProfileConfig, None, args, PROGRAM)
+    records, baseline = [], None
+    for data in cfg.data:
+        with tempfile.TemporaryDirectory() as out_dir:
+            try:
+                trainer = build(cfg, data, Path(out_dir))
+            except (RunError, DatasetError, ValueError) as error:
+                fail(PROGRAM, error)
+            result = profile(cfg, trainer)
+            result["bottleneck"] = max(result["stages_ms"], key=result["stages_ms"].get)
+            report(cfg, data, trainer, result)
+            if cfg.baseline and baseline is None:
+                baseline = baseline_images_per_s(cfg, trainer)
+            records.append({"data": str(data), "format": trainer.info.format, **result})
+    device = trainer.device
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\ndata stage (read/decode + two views) per backend, {device_name}\n")
+    print("| backend | data | read/decode img/s | views img/s | data stage img/s | whole step img/s |")
+    print("|---|---|---:|---:|---:|---:|")
+    for record in records:
+        n, stages = record["batch_size"], record["stages_ms"]
+        data_ms = stages["read/decode"] + stages["views"]
+        rates = [1000 * n / ms for ms in (stages["read/decode"], stages["views"], data_ms, record["whole_step_ms"])]
+        print(f"| {record['format']} | {record['data']} | " + " | ".join(f"{r:.0f}" for r in rates) + " |")
+    if baseline is not None:
+        print(f"| torchvision DataLoader + PIL ({cfg.workers} workers) | {cfg.data[0]} | | | {baseline:.0f} | |")
+    out = {"recipe": cfg.recipe, "device": device_name, "date": time.strftime("%Y-%m-%d"), "runs": records,
+           "dataloader_pil_images_per_s": baseline}
+    cfg.out.write_text(json.dumps(out, indent=1))
+    print(f"\n{cfg.out} written" + (f"; trace {cfg.trace}" if cfg.trace else ""))
 
 
 if __name__ == "__main__":
