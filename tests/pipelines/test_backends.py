@@ -137,3 +137,12 @@ def test_tensor_split_from_host_memory_matches_the_resident_one(converted):
     resident, host = TensorSplit(info, "train", CPU, resident=True), TensorSplit(info, "train", CPU, resident=False)
     index = torch.tensor([7, 0, 31, 7])
     assert torch.equal(resident.fetch(index), host.fetch(index))
+
+
+def test_a_missing_optional_backend_names_its_extra(monkeypatch):
+    from pipelines import loader as loader_module
+    from pipelines.dataset import DatasetError
+
+    monkeypatch.setitem(loader_module.SPLIT_READERS, "ffcv", "pipelines.not_installed_backend:Split")
+    with pytest.raises(DatasetError, match=r"pip install -e '\.\[ffcv\]'"):
+        loader_module.load_backend(loader_module.SPLIT_READERS["ffcv"], "ffcv")
