@@ -2,12 +2,16 @@
 
 A source is read into ``Split`` s: a list of samples per split, each sample a label plus a
 way to get its pixels (encoded image bytes, or an already decoded array for CIFAR's pickle
-batches). Directories and ``.tar``/``.tar.gz`` archives are read through one file-tree
-abstraction, so every layout works from either.
+batches and STL-10's binaries). Directories and ``.tar``/``.tar.gz`` archives are read
+through one file-tree abstraction, so every layout works from either.
+
+Layouts, tried in this order (specific before generic): CIFAR-10/100 python batches, STL-10
+binaries, Tiny-ImageNet-200 as distributed, NABirds (or CUB-200-2011), ImageFolder.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -44,13 +48,50 @@ class Source:
 # --- file trees: a directory or an archive, as {relative path: reader} -------------------
 
 
+class _LocalFile:
+    """Reads a file of a directory source; ``path`` lets large binary files be mapped
+    into memory instead of read (STL-10's ``unlabeled_X.bin`` is 2.8 GB)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> bytes:
+        return self.path.read_bytes()
+
+
 def _directory_tree(root: Path) -> dict[str, Callable[[], bytes]]:
     tree = {}
     for folder, _, files in os.walk(root, followlinks=True):
         for name in files:
             full = Path(folder) / name
-            tree[full.relative_to(root).as_posix()] = full.read_bytes
+            tree[full.relative_to(root).as_posix()] = _LocalFile(full)
     return tree
+
+
+def _uint8_view(read: Callable[[], bytes], name: str, origin: Path) -> np.ndarray:
+    """A file's bytes as a read-only uint8 array: memory-mapped from a directory, a view
+    of the (already in-memory) bytes from an archive."""
+    try:
+        if isinstance(read, _LocalFile):
+            if read.path.stat().st_size == 0:
+                return np.zeros(0, np.uint8)
+            return np.memmap(read.path, dtype=np.uint8, mode="r")
+        return np.frombuffer(read(), dtype=np.uint8)
+    except (OSError, ValueError) as error:
+        raise SourceError(f"{origin / name}: unreadable ({error})") from error
+
+
+def _text_lines(tree: dict, name: str, origin: Path, why: str) -> list[tuple[int, str]]:
+    """(line number, stripped line) of a text file's non-blank lines; missing → SourceError."""
+    if name not in tree:
+        raise SourceError(f"{origin / name}: missing; {why}")
+    try:
+        text = tree[name]().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SourceError(f"{origin / name}: unreadable text ({error})") from error
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def _archive_tree(path: Path) -> dict[str, Callable[[], bytes]]:
@@ -162,6 +203,165 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+STL_IMAGE_BYTES = 3 * 96 * 96  # one STL-10 image: 3 column-major 96×96 planes
+
+
+def _stl10_image(images: np.ndarray, index: int) -> np.ndarray:
+    # The official reader: reshape to (N, 3, 96, 96), then transpose (0, 3, 2, 1) to HWC.
+    return np.ascontiguousarray(images[index].transpose(2, 1, 0))
+
+
+def _stl10_layout(tree: dict, origin: Path) -> Source | None:
+    """STL-10 binaries (``stl10_binary/``): ``{train,test}_{X,y}.bin``, ``unlabeled_X.bin``
+    and ``class_names.txt``. Pixels stay in the (memory-mapped) file until a sample is read;
+    labels 1…10 become 0…9, and every image of ``unlabeled`` gets label −1."""
+    splits = [split for split in ("train", "test", "unlabeled") if f"{split}_X.bin" in tree]
+    if not splits:
+        return None
+    lines = _text_lines(tree, "class_names.txt", origin, "STL-10 binaries need their class names")
+    classes = [line for _, line in lines]
+    source = Source(classes, kind="stl10")
+    for split in splits:
+        x_name = f"{split}_X.bin"
+        data = _uint8_view(tree[x_name], x_name, origin)
+        if len(data) == 0 or len(data) % STL_IMAGE_BYTES:
+            raise SourceError(
+                f"{origin / x_name}: {len(data)} bytes, not a whole number of 3×96×96 images "
+                f"({STL_IMAGE_BYTES} bytes each); truncated?"
+            )
+        images = data.reshape(-1, 3, 96, 96)
+        if split == "unlabeled":
+            labels = [-1] * len(images)
+        else:
+            y_name = f"{split}_y.bin"
+            if y_name not in tree:
+                raise SourceError(f"{origin / y_name}: missing; the labels of {x_name}")
+            raw = _uint8_view(tree[y_name], y_name, origin)
+            if len(raw) != len(images):
+                raise SourceError(f"{origin / y_name}: {len(raw)} labels but {x_name} holds {len(images)} images")
+            if not 1 <= int(raw.min()) <= int(raw.max()) <= len(classes):
+                raise SourceError(
+                    f"{origin / y_name}: labels outside 1…{len(classes)} "
+                    f"(class_names.txt names {len(classes)} classes)"
+                )
+            labels = (raw.astype(np.int64) - 1).tolist()
+        source.splits[split] = [
+            Sample(f"{x_name}#{i}", label, functools.partial(_stl10_image, images, i))
+            for i, label in enumerate(labels)
+        ]
+    return source
+
+
+def _tiny_imagenet_layout(tree: dict, origin: Path) -> Source | None:
+    """Tiny-ImageNet-200 as distributed: ``wnids.txt``, ``train/<wnid>/images/*.JPEG`` and
+    ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``. Classes are the sorted
+    wnids of ``wnids.txt``; ``test/`` (unlabelled) is skipped. (A re-packed ImageFolder
+    copy, ``train/<wnid>/*.JPEG``, is left to the ImageFolder reader.)"""
+    train = []
+    for name in tree:
+        parts = name.split("/")
+        if (
+            len(parts) == 4
+            and parts[0] == "train"
+            and parts[2] == "images"
+            and Path(parts[3]).suffix.lower() in IMAGE_SUFFIXES
+        ):
+            train.append((name, parts[1]))
+    if "wnids.txt" not in tree or not train:
+        return None
+    classes = sorted({line.split()[0] for _, line in _text_lines(tree, "wnids.txt", origin, "")})
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    source = Source(classes, kind="tiny-imagenet")
+    samples = []
+    for name, wnid in sorted(train):
+        if wnid not in index:
+            raise SourceError(f"{origin / name}: class folder '{wnid}' is not in wnids.txt")
+        samples.append(Sample(name, index[wnid], tree[name]))
+    source.splits["train"] = samples
+
+    annotations = "val/val_annotations.txt"
+    labels: dict[str, int] = {}
+    for number, line in _text_lines(tree, annotations, origin, "it labels the images of val/images/"):
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) < 2:
+            raise SourceError(f"{origin / annotations}: line {number}: expected 'file<TAB>wnid…', got '{line}'")
+        file, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in index:
+            raise SourceError(f"{origin / annotations}: line {number}: wnid '{wnid}' is not in wnids.txt")
+        if file in labels:
+            raise SourceError(f"{origin / annotations}: line {number}: '{file}' is labelled twice")
+        if f"val/images/{file}" not in tree:
+            raise SourceError(f"{origin / annotations}: line {number}: val/images/{file} not found")
+        labels[file] = index[wnid]
+    samples = []
+    for name in sorted(tree):
+        parts = name.split("/")
+        if len(parts) == 3 and parts[:2] == ["val", "images"] and Path(parts[2]).suffix.lower() in IMAGE_SUFFIXES:
+            if parts[2] not in labels:
+                raise SourceError(f"{origin / name}: no label in {annotations}")
+            samples.append(Sample(name, labels[parts[2]], tree[name]))
+    source.splits["val"] = samples
+    return source
+
+
+def _nabirds_layout(tree: dict, origin: Path) -> Source | None:
+    """NABirds (and CUB-200-2011, which shares its files): ``images.txt`` ("<id> <path under
+    images/>"), ``image_class_labels.txt``, ``train_test_split.txt`` (1 train, 0 test) and
+    ``classes.txt``. Class ids are sparse: the ids in use, sorted, become 0…K−1, named by
+    ``classes.txt``. Samples keep the order of ``images.txt``."""
+    if "images.txt" not in tree or not {"image_class_labels.txt", "train_test_split.txt"} & tree.keys():
+        return None
+
+    def table(name: str, why: str) -> dict[str, tuple[int, str]]:
+        rows: dict[str, tuple[int, str]] = {}
+        for number, line in _text_lines(tree, name, origin, why):
+            fields = line.split(None, 1)
+            if len(fields) != 2:
+                raise SourceError(f"{origin / name}: line {number}: expected '<id> <value>', got '{line}'")
+            if fields[0] in rows:
+                raise SourceError(f"{origin / name}: line {number}: id '{fields[0]}' appears twice")
+            rows[fields[0]] = (number, fields[1].strip())
+        return rows
+
+    def integer(name: str, number: int, value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise SourceError(f"{origin / name}: line {number}: '{value}' is not an integer") from None
+
+    images = table("images.txt", "")
+    class_of = table("image_class_labels.txt", "it gives each image of images.txt its class")
+    is_train = table("train_test_split.txt", "it puts each image of images.txt in train or test")
+    names = table("classes.txt", "it names the class ids of image_class_labels.txt")
+    for name, rows in (("image_class_labels.txt", class_of), ("train_test_split.txt", is_train)):
+        for image_id in images:
+            if image_id not in rows:
+                raise SourceError(f"{origin / name}: no entry for image '{image_id}' of images.txt")
+        for image_id, (number, _) in rows.items():
+            if image_id not in images:
+                raise SourceError(f"{origin / name}: line {number}: image '{image_id}' is not in images.txt")
+    class_ids = {image_id: integer("image_class_labels.txt", *row) for image_id, row in class_of.items()}
+    used = sorted(set(class_ids.values()))
+    by_number = {integer("classes.txt", number, key): label for key, (number, label) in names.items()}
+    for class_id in used:
+        if class_id not in by_number:
+            raise SourceError(f"{origin / 'classes.txt'}: no name for class id {class_id}")
+    index = {class_id: i for i, class_id in enumerate(used)}
+    source = Source([by_number[class_id] for class_id in used], kind="nabirds")
+    splits: dict[str, list[Sample]] = {"train": [], "test": []}
+    for image_id, (number, relative) in images.items():
+        path = f"images/{relative.lstrip('/')}"
+        if path not in tree:
+            raise SourceError(f"{origin / 'images.txt'}: line {number}: {path} not found")
+        flag_number, flag = is_train[image_id]
+        if flag not in ("0", "1"):
+            raise SourceError(f"{origin / 'train_test_split.txt'}: line {flag_number}: '{flag}' is not 0 or 1")
+        split = "train" if flag == "1" else "test"
+        splits[split].append(Sample(path, index[class_ids[image_id]], tree[path]))
+    source.splits = {split: samples for split, samples in splits.items() if samples}
+    return source
+
+
 def _image_folder(tree: dict, prefix: str, classes: list[str], origin: Path) -> list[Sample]:
     index = {name: i for i, name in enumerate(classes)}
     samples = []
@@ -213,7 +413,8 @@ def read_source(path: Path) -> Source:
     else:
         raise SourceError(f"{path}: neither a directory nor a tar archive")
     tree = _strip_single_top_folder(tree)
-    for layout in (_cifar_layout, _image_folder_layout):
+    # Specific layouts first: the generic ImageFolder one would claim some of their files.
+    for layout in (_cifar_layout, _stl10_layout, _tiny_imagenet_layout, _nabirds_layout, _image_folder_layout):
         source = layout(tree, path)
         if source is not None:
             if not any(source.splits.values()):
@@ -221,7 +422,8 @@ def read_source(path: Path) -> Source:
             return source
     raise SourceError(
         f"{path}: unknown layout (expected train/<class>/<image> with test/ or val/, "
-        "<class>/<image>, or CIFAR-10/100 python batches)"
+        "<class>/<image>, CIFAR-10/100 python batches, STL-10 binaries, Tiny-ImageNet-200 "
+        "or NABirds)"
     )
 
 

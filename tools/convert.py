@@ -1,12 +1,14 @@
 """Convert an image data set once into a format that streams to the accelerator.
 
-    python tools/convert.py SOURCE OUT [--size 64]
+    python tools/convert.py SOURCE OUT [--size 64] [--format tensor|jpeg|ffcv|dali]
 
-SOURCE: an ImageFolder directory or ``.tar``/``.tar.gz`` of one (``train/<class>/…`` plus
-``test/`` or ``val/``, or bare ``<class>/…``; a single top-level folder is fine), or
-CIFAR-10/100 python batches (a directory or their archive). OUT is written under a
-temporary name and renamed when complete, after a round-trip check that re-decodes a
-sample of source images and compares them exactly with what was stored.
+SOURCE, a directory or a ``.tar``/``.tar.gz`` of one (a single top-level folder is fine):
+an ImageFolder (``train/<class>/…`` plus ``test/`` or ``val/``, or bare ``<class>/…``),
+CIFAR-10/100 python batches, STL-10 binaries (the unlabelled split with label −1),
+Tiny-ImageNet's original layout (``val_annotations.txt``) or NABirds (``images.txt``,
+``train_test_split.txt``). OUT is written under a temporary name and renamed when
+complete, after a round-trip check that re-decodes a sample of source images and compares
+them exactly with what was stored.
 """
 
 from __future__ import annotations
