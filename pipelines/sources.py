@@ -427,9 +427,11 @@ def read_source(path: Path) -> Source:
     )
 
 
-def decode(sample: Sample, size: int | None, origin: Path) -> np.ndarray:
+def decode(sample: Sample, size: int | None, origin: Path, max_side: int | None = None) -> np.ndarray:
     """The sample's pixels as H×W×3 uint8; with ``size``, the shorter side resized to
-    ``size`` (bicubic, antialiased) and the centre ``size``×``size`` kept."""
+    ``size`` (bicubic, antialiased) and the centre ``size``×``size`` kept; with
+    ``max_side``, an image whose longer side exceeds it is shrunk to it, aspect kept
+    (FFCV's ``max_resolution``)."""
     try:
         data = sample.read()
         image = Image.fromarray(data) if isinstance(data, np.ndarray) else Image.open(io.BytesIO(data))
@@ -442,6 +444,9 @@ def decode(sample: Sample, size: int | None, origin: Path) -> np.ndarray:
             image = image.resize(resized, Image.Resampling.BICUBIC)
             left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
             image = image.crop((left, top, left + size, top + size))
+        if max_side is not None and max(image.size) > max_side:
+            scale = max_side / max(image.size)
+            image = image.resize(tuple(max(1, round(side * scale)) for side in image.size), Image.Resampling.BICUBIC)
         return np.asarray(image, dtype=np.uint8)
     except Exception as error:
         raise SourceError(f"{origin}: cannot decode {sample.path} ({error})") from error

@@ -52,6 +52,10 @@ class ConvertConfig:
     # batch; ffcv: an FFCV .beton ([ffcv] extra); dali: a DALI file list ([dali] extra)
     format: Literal["tensor", "jpeg", "ffcv", "dali"] = "tensor"
     size: int | None = None  # resize shorter side to SIZE, keep the centre SIZE×SIZE
+    # ffcv only: store decoded pixels (raw, exact) or re-encode them as JPEG (smaller, lossy)
+    ffcv_write_mode: Literal["raw", "jpg"] = "raw"
+    jpeg_quality: int = 90  # ffcv --ffcv-write-mode jpg: JPEG quality, 1–100
+    max_resolution: int | None = None  # ffcv only: longer side capped at this many pixels, aspect kept
     check: int = 256  # images per split re-decoded and compared exactly; 0 skips
     workers: int = os.cpu_count() or 1  # decoding processes
     overwrite: bool = False  # replace OUT if it exists
@@ -148,6 +152,13 @@ def round_trip_check(samples: list[Sample], cfg: ConvertConfig, folder: Path) ->
 def _validate(cfg: ConvertConfig) -> None:
     if cfg.format == "jpeg" and cfg.size is not None:
         raise SourceError("--size: the jpeg format keeps the source bytes, so it cannot resize")
+    ffcv_options = cfg.ffcv_write_mode != "raw" or cfg.jpeg_quality != 90 or cfg.max_resolution is not None
+    if ffcv_options and cfg.format != "ffcv":
+        raise SourceError("--ffcv-write-mode, --jpeg-quality and --max-resolution apply to --format ffcv only")
+    if not 1 <= cfg.jpeg_quality <= 100:
+        raise SourceError(f"--jpeg-quality {cfg.jpeg_quality}: must be 1 to 100")
+    if cfg.max_resolution is not None and cfg.max_resolution < 1:
+        raise SourceError(f"--max-resolution {cfg.max_resolution}: must be a positive number of pixels")
     if cfg.size is not None and cfg.size < 1:
         raise SourceError(f"--size {cfg.size}: must be a positive number of pixels")
     if cfg.check < 0:

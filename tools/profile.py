@@ -57,6 +57,7 @@ class ProfileConfig:
     out: Path = Path("profile.json")
     trace: Path | None = None  # also write a torch.profiler Chrome trace of 2 steps here
     baseline: bool = True  # also time a torchvision DataLoader + PIL on the first data set
+    data_only: bool = False  # time read/decode and views only (no model: large images on a CPU)
     workers: int = 2  # the baseline DataLoader's worker processes
 
 
@@ -104,7 +105,7 @@ def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
     steps = len(loader)
     order = epoch_permutation(len(loader.train), loader.seed, 0)
     batch_size = loader.batch_size
-    names = ("read/decode", "views", "forward+loss", "backward", "optimiser")
+    names = ("read/decode", "views") + (() if cfg.data_only else ("forward+loss", "backward", "optimiser"))
     stages: dict[str, list[float]] = {name: [] for name in names}
     meter = Meter()
 
@@ -123,15 +124,19 @@ def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
         times = {}
         times["read/decode"], images = timer(loader.train.fetch, chosen)
         times["views"], (views, meta) = timer(loader.recipe, images, loader.train.sizes[chosen], loader.generator)
-        index = chosen.to(trainer.device)
-        batch = ViewBatch(views, loader.train.indices[index], loader.train.labels[index], meta)
-        method.before_step(progress)
-        times["forward+loss"], out = timer(forward, batch)
-        times["backward"], _ = timer(acc.backward, out.loss)
-        times["optimiser"], _ = timer(optimise, progress)
+        if not cfg.data_only:
+            index = chosen.to(trainer.device)
+            batch = ViewBatch(views, loader.train.indices[index], loader.train.labels[index], meta)
+            method.before_step(progress)
+            times["forward+loss"], out = timer(forward, batch)
+            times["backward"], _ = timer(acc.backward, out.loss)
+            times["optimiser"], _ = timer(optimise, progress)
         if step:  # the first step warms up
             for name, value in times.items():
                 stages[name].append(value)
+    stages_ms = {name: statistics.median(values) for name, values in stages.items()}
+    if cfg.data_only:
+        return {"stages_ms": stages_ms, "whole_step_ms": None, "batch_size": batch_size}
     batches = iter(loader)
     whole = []
     for step in range(cfg.steps + 1):
@@ -140,7 +145,6 @@ def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
         elapsed, _ = timer(trainer._step, batch, progress, meter)
         if step:
             whole.append(elapsed)
-    stages_ms = {name: statistics.median(values) for name, values in stages.items()}
     # The loop's step draws its batch from the loader before the clock starts, so add it.
     whole_ms = statistics.median(whole) + stages_ms["read/decode"] + stages_ms["views"]
     if cfg.trace is not None:
@@ -181,12 +185,13 @@ def baseline_images_per_s(cfg: ProfileConfig, trainer: Trainer) -> float | None:
 
 
 def report(cfg: ProfileConfig, data: Path, trainer: Trainer, result: dict) -> None:
-    n, whole = result["batch_size"], result["whole_step_ms"]
+    n, whole = result["batch_size"], result["whole_step_ms"] or sum(result["stages_ms"].values())
     print(f"\n{cfg.recipe} on {data} ({trainer.info.format} backend), batch {n}, median of {cfg.steps} steps\n")
     print("| stage | ms/step | images/s | share of step |\n|---|---:|---:|---:|")
     for name, ms in result["stages_ms"].items():
         print(f"| {name} | {ms:.1f} | {1000 * n / ms:.0f} | {100 * ms / whole:.1f}% |")
-    print(f"| whole step | {whole:.1f} | {1000 * n / whole:.0f} | 100% |")
+    label = "data stage" if result["whole_step_ms"] is None else "whole step"
+    print(f"| {label} | {whole:.1f} | {1000 * n / whole:.0f} | 100% |")
     print(f"\nbottleneck: {result['bottleneck']}")
 
 
@@ -213,8 +218,9 @@ def main(args: list[str] | None = None) -> None:
     for record in records:
         n, stages = record["batch_size"], record["stages_ms"]
         data_ms = stages["read/decode"] + stages["views"]
-        rates = [1000 * n / ms for ms in (stages["read/decode"], stages["views"], data_ms, record["whole_step_ms"])]
-        print(f"| {record['format']} | {record['data']} | " + " | ".join(f"{r:.0f}" for r in rates) + " |")
+        times = (stages["read/decode"], stages["views"], data_ms, record["whole_step_ms"])
+        rates = ["" if ms is None else f"{1000 * n / ms:.0f}" for ms in times]
+        print(f"| {record['format']} | {record['data']} | " + " | ".join(rates) + " |")
     if baseline is not None:
         print(f"| torchvision DataLoader + PIL ({cfg.workers} workers) | {cfg.data[0]} | | | {baseline:.0f} | |")
     out = {"recipe": cfg.recipe, "device": device_name, "date": time.strftime("%Y-%m-%d"), "runs": records,

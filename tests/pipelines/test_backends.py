@@ -30,9 +30,9 @@ def write_image_folder(root: Path, per_class: dict[str, int], sizes=((32, 32),))
             image.save(root / split / label / f"{i:03d}.jpg", quality=90)
 
 
-def convert(source: Path, out: Path, fmt: str) -> Path:
+def convert(source: Path, out: Path, fmt: str, *options: str) -> Path:
     command = [sys.executable, str(ROOT / "tools" / "convert.py"), str(source), str(out), "--format", fmt,
-               "--workers", "1"]
+               "--workers", "1", *options]
     subprocess.run(command, check=True, capture_output=True)
     return out
 

@@ -29,3 +29,13 @@ def test_profile_bad_input_is_one_line(tiny_dataset, tmp_path):
         result = profile(*args)
         assert result.returncode == 2
         assert result.stderr.strip().count("\n") == 0 and expected in result.stderr
+
+
+def test_profile_data_only_times_read_and_views(tiny_dataset, tmp_path):
+    out = tmp_path / "profile.json"
+    result = profile("--data", str(tiny_dataset), "--recipe", "mocov2", "--batch-size", "16", "--steps", "1",
+                     "--out", str(out), "--data-only", "--no-baseline")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())["runs"][0]
+    assert set(record["stages_ms"]) == {"read/decode", "views"} and record["whole_step_ms"] is None
+    assert "| data stage |" in result.stdout
