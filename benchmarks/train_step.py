@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastssl.cli import parse  # noqa: E402
 from fastssl.methods.base import Progress  # noqa: E402
 from fastssl.models.resnet import build_backbone  # noqa: E402
-from fastssl.recipe import load_recipe  # noqa: E402
-from fastssl.train.loop import Meter, Trainer  # noqa: E402
+from fastssl.recipe import build_trainer, load_recipe  # noqa: E402
+from fastssl.train.loop import Meter  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,7 @@ def recipe_step(name: str, opts: Options, out_dir: Path):
         model=dataclasses.replace(cfg.model, width=opts.width),
         run=dataclasses.replace(cfg.run, out_dir=out_dir, progress_bar=False),
     )
-    build = recipe.MoCoV2 if name == "mocov2" else recipe.SimCLR
-    trainer = Trainer(cfg, name, lambda backbone: build(cfg.method, backbone), recipe.two_views(cfg.views))
+    trainer = build_trainer(recipe, cfg)
     batches, meter = iter(trainer.loader), Meter()
 
     def step() -> None:

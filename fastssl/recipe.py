@@ -5,20 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 from fastssl.cli import fail, parse_with_presets
 from fastssl.config import TrainConfig
-from fastssl.methods.base import Method
-from fastssl.models.resnet import ResNet
 from fastssl.train.loop import RunError, Trainer, standard_error_pct
 from pipelines.dataset import DatasetError
-from pipelines.views import ViewRecipe
-
-C = TypeVar("C", bound=TrainConfig)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -47,20 +41,26 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_recipe(
-    config_type: type[C],
-    presets: dict[str, C],
-    method_name: str,
-    build_method: Callable[[C, ResNet], Method],
-    build_views: Callable[[C], ViewRecipe],
-    args: list[str] | None = None,
-    program: str = "recipe",
-) -> dict[str, Any]:
-    cfg = parse_with_presets(config_type, presets, args, program)
+def recipe_name(module: ModuleType) -> str:
+    return Path(module.__file__).stem  # type: ignore[arg-type]
+
+
+def build_trainer(module: ModuleType, cfg: TrainConfig) -> Trainer:
+    """The trainer of recipe ``module`` (its ``build_method`` and ``build_views``) for ``cfg``."""
+    return Trainer(cfg, recipe_name(module), lambda backbone: module.build_method(cfg, backbone),
+                   module.build_views(cfg))
+
+
+def run_recipe(module: ModuleType, args: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line against ``module``'s ``Config`` and ``PRESETS``, train, print
+    the summary. A recipe module defines ``Config``, ``PRESETS``, ``build_method(cfg,
+    backbone)`` and ``build_views(cfg)``."""
+    program = f"{recipe_name(module)}.py"
+    cfg = parse_with_presets(module.Config, module.PRESETS, args, program)
     try:
-        trainer = Trainer(cfg, method_name, lambda backbone: build_method(cfg, backbone), build_views(cfg))
+        trainer = build_trainer(module, cfg)
         summary = trainer.fit()
-    except (RunError, DatasetError, ValueError) as error:
+    except (RunError, DatasetError, ValueError, ImportError) as error:
         fail(program, error)
     if trainer.accelerator.is_main_process:
         print(format_summary(summary))

@@ -262,6 +262,7 @@ class JitterParams:
     factors: Tensor  # N×4: brightness, contrast, saturation (multipliers), hue (turns)
     order: Tensor  # N×4: a permutation of 0..3 per image
     applied: Tensor  # N bool
+    enabled: Tensor  # N×4 bool: the adjustment has a non-zero strength for this image
 
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
@@ -270,7 +271,9 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 class ColorJitter:
     """``RandomApply(ColorJitter(b, c, s, h), p)``: each image its own factors and order.
 
-    At each of the four positions of the per-image order, the images whose adjustment
+    An adjustment of strength 0 is skipped (recorded per image in the parameters, so a
+    batch may mix views of different strengths). At each of the four positions of the
+    per-image order, the images whose adjustment
     there is brightness, contrast or saturation get it in one pass over the batch
     (the identity for the others), then the images whose adjustment is hue get it on
     their own.
@@ -293,7 +296,7 @@ class ColorJitter:
         order = torch.argsort(torch.rand(n, 4, generator=generator), dim=1)
         factors = [_uniform(n, max(0.0, 1 - s), 1 + s, generator) for s in self.strengths]
         factors.append(_uniform(n, -self.hue, self.hue, generator))
-        return JitterParams(torch.stack(factors, 1), order, applied)
+        return JitterParams(torch.stack(factors, 1), order, applied, self.enabled.expand(n, 4))
 
     def __call__(self, images: Tensor, params: JitterParams, inplace: bool = False) -> Tensor:
         """``inplace`` lets the op overwrite ``images`` (dense memory) instead of a copy."""
@@ -301,7 +304,7 @@ class ColorJitter:
         shift = _to_device(params.factors[:, HUE], images.device)
         for position in range(4):
             op = params.order[:, position]
-            active = params.applied & self.enabled[op]
+            active = params.applied & params.enabled.gather(1, op[:, None]).squeeze(1)
             if (active & (op != HUE)).any():
                 _blend_step_(images, op, params.factors, active)
             images = _subset(images, active & (op == HUE), adjust_hue, shift, inplace=True)

@@ -94,6 +94,35 @@ def centre_square_params(sizes: Tensor) -> CropParams:
     return CropParams(torch.stack([top, left, side, side], 1).long())
 
 
+class ConcatSplit:
+    """Several splits as one (STL-10's labelled and unlabelled images trained on together):
+    indices run on from one part to the next, labels keep their values (−1 = unlabelled)."""
+
+    def __init__(self, parts: list[Split]) -> None:
+        self.parts = parts
+        self.starts = torch.tensor([0] + [len(p) for p in parts]).cumsum(0)
+        self.labels = torch.cat([p.labels for p in parts])
+        self.indices = torch.cat([p.indices + int(start) for p, start in zip(parts, self.starts, strict=False)])
+        self.sizes = torch.cat([p.sizes for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def fetch(self, index: Tensor) -> Tensor:
+        part_of = torch.bucketize(index, self.starts[1:], right=True)
+        height, width = (int(v) for v in self.sizes[index].max(0).values)
+        batch = None
+        for p, part in enumerate(self.parts):
+            rows = (part_of == p).nonzero().squeeze(1)
+            if len(rows) == 0:
+                continue
+            pixels = part.fetch(index[rows] - self.starts[p])
+            if batch is None:
+                batch = pixels.new_zeros(len(index), 3, height, width).contiguous(memory_format=torch.channels_last)
+            batch[rows.to(pixels.device), :, : pixels.shape[2], : pixels.shape[3]] = pixels
+        return batch  # type: ignore[return-value]
+
+
 class Loader:
     """Yields ``ViewBatch`` es of the training split; ``batch_size`` is the global batch.
 
@@ -111,19 +140,24 @@ class Loader:
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
+        splits: tuple[str, ...] = ("train",),
     ) -> None:
         self.info = read_info(root)
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
         self.recipe, self.batch_size, self.device = recipe, batch_size, device
         self.seed, self.rank, self.world = seed, rank, world
-        self.train = open_split(self.info, self.info.train_split, device)
+        for name in splits:
+            if name not in self.info.splits:
+                raise DatasetError(f"{root}: no split '{name}' to train on (has {', '.join(self.info.splits)})")
+        parts = [open_split(self.info, name, device) for name in splits]
+        self.train = parts[0] if len(parts) == 1 else ConcatSplit(parts)
         if len(self.train) < batch_size:
             raise ValueError(f"{root}: {len(self.train)} training images < batch size {batch_size}")
         # The same on every rank: each draws the parameters of the whole global batch.
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.step = 0, 0
-        self._eval_splits: dict[str, Split] = {self.info.train_split: self.train}
+        self._eval_splits: dict[str, Split] = {self.info.train_split: parts[0]} if splits[0] == "train" else {}
 
     def __len__(self) -> int:
         return len(self.train) // self.batch_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -59,27 +60,56 @@ class ViewParams:
 
     def take(self, rows: Tensor) -> ViewParams:
         """The parameters of the given rows only (a process's share of a global batch)."""
+        return _map_fields(lambda value: value[rows], self)
 
-        def select(value):
-            if isinstance(value, Tensor):
-                return value[rows]
-            return type(value)(**{f.name: select(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    @staticmethod
+    def concatenate(parts: list[ViewParams]) -> ViewParams:
+        """The rows of several parameter sets, one after the other."""
+        return _map_fields(torch.cat, *parts)
 
-        return select(self)
+
+def _map_fields(function, *values):
+    """``function`` over the tensors of (nested dataclasses) ``values``, field by field."""
+    if isinstance(values[0], Tensor):
+        return function(values[0]) if len(values) == 1 else function(list(values))
+    fields = dataclasses.fields(values[0])
+    return type(values[0])(**{f.name: _map_fields(function, *(getattr(v, f.name) for v in values)) for f in fields})
+
+
+# Settings applied to a whole resolution group at once: its views must agree on them.
+GROUP_SETTINGS = ("size", "blur_kernel", "solarize_threshold", "mean", "std")
+
+
+def _sampling_ops(c: ViewConfig) -> tuple:
+    return (
+        RandomResizedCrop(c.size, c.crop_scale, c.crop_ratio),
+        RandomHorizontalFlip(c.flip_p),
+        ColorJitter(*c.jitter, p=c.jitter_p),
+        RandomGrayscale(c.grayscale_p),
+        GaussianBlur(c.blur_kernel, c.blur_sigma, p=c.blur_p),
+        RandomSolarize(c.solarize_threshold, c.solarize_p),
+    )
 
 
 class ViewPipeline:
-    """Makes ``count`` views of every image with one ``ViewConfig``, all in one batch."""
+    """Makes one view per ``ViewConfig`` of every image, all at one resolution, in one batch.
 
-    def __init__(self, config: ViewConfig, count: int) -> None:
-        self.config, self.count = config, count
-        c = config
-        self.crop = RandomResizedCrop(c.size, c.crop_scale, c.crop_ratio)
-        self.flip = RandomHorizontalFlip(c.flip_p)
-        self.jitter = ColorJitter(*c.jitter, p=c.jitter_p)
-        self.grayscale = RandomGrayscale(c.grayscale_p)
-        self.blur = GaussianBlur(c.blur_kernel, c.blur_sigma, p=c.blur_p)
-        self.solarize = RandomSolarize(c.solarize_threshold, c.solarize_p)
+    The views of a group may differ in their probabilities and strengths (BYOL's asymmetric
+    blur and solarisation, the weak teacher view of ReSSL) but not in ``GROUP_SETTINGS``.
+    Consecutive equal configs draw their parameters together.
+    """
+
+    def __init__(self, configs: list[ViewConfig]) -> None:
+        if not configs:
+            raise ValueError("a view group needs at least one view")
+        for setting in GROUP_SETTINGS:
+            if len({getattr(c, setting) for c in configs}) > 1:
+                raise ValueError(f"the views of one group must share '{setting}': put them in separate groups")
+        self.configs, self.count = configs, len(configs)
+        self.config = c = configs[0]  # the group's shared settings
+        # One set of sampling ops per run of equal configs (probabilities and ranges differ).
+        self.runs = [(_sampling_ops(cfg), len(list(run))) for cfg, run in itertools.groupby(configs)]
+        self.crop, self.flip, self.jitter, self.grayscale, self.blur, self.solarize = self.runs[0][0]
         self.normalize = Normalize(c.mean, c.std)
 
     def __call__(self, images: Tensor, sizes: Tensor, generator: torch.Generator) -> tuple[Tensor, ViewMeta]:
@@ -87,16 +117,21 @@ class ViewPipeline:
         return self.apply(images, self.sample(sizes, generator))
 
     def sample(self, sizes: Tensor, generator: torch.Generator) -> ViewParams:
-        """Parameters for ``count`` views of each of the images of ``sizes`` (N×2, CPU)."""
-        n = sizes.shape[0] * self.count
-        return ViewParams(
-            crop=self.crop.sample(n, generator, sizes.repeat(self.count, 1)),
-            flip=self.flip.sample(n, generator),
-            jitter=self.jitter.sample(n, generator),
-            grayscale=self.grayscale.sample(n, generator),
-            blur_sigma=self.blur.sample(n, generator),
-            solarize=self.solarize.sample(n, generator),
-        )
+        """Parameters for every view of each image of ``sizes`` (N×2, CPU), view-major."""
+        parts = []
+        for (crop, flip, jitter, grayscale, blur, solarize), count in self.runs:
+            n = sizes.shape[0] * count
+            parts.append(
+                ViewParams(
+                    crop=crop.sample(n, generator, sizes.repeat(count, 1)),
+                    flip=flip.sample(n, generator),
+                    jitter=jitter.sample(n, generator),
+                    grayscale=grayscale.sample(n, generator),
+                    blur_sigma=blur.sample(n, generator),
+                    solarize=solarize.sample(n, generator),
+                )
+            )
+        return parts[0] if len(parts) == 1 else ViewParams.concatenate(parts)
 
     def apply(self, images: Tensor, params: ViewParams) -> tuple[Tensor, ViewMeta]:
         """The views of ``images`` (uint8 or float N×3×H×W) with ``params``: float,
@@ -115,10 +150,12 @@ class ViewPipeline:
 
 
 class ViewRecipe:
-    """Named groups of views, one per resolution: ``{"global": (config, 2), ...}``."""
+    """Named groups of views, one per resolution — ``{"global": [view1, view2], "local":
+    [small] * 6}`` — each group a list of per-view configs. Evaluation images take the
+    first group's size and normalisation."""
 
-    def __init__(self, groups: dict[str, tuple[ViewConfig, int]]) -> None:
-        self.groups = {name: ViewPipeline(cfg, count) for name, (cfg, count) in groups.items()}
+    def __init__(self, groups: dict[str, list[ViewConfig]]) -> None:
+        self.groups = {name: ViewPipeline(list(configs)) for name, configs in groups.items()}
 
     def __call__(
         self, images: Tensor, sizes: Tensor, generator: torch.Generator, offset: int = 0
@@ -144,4 +181,18 @@ class ViewRecipe:
 
 def two_views(config: ViewConfig) -> ViewRecipe:
     """Two views of the same recipe (MoCo v2, SimCLR)."""
-    return ViewRecipe({"global": (config, 2)})
+    return ViewRecipe({"global": [config, config]})
+
+
+def asymmetric_views(first: ViewConfig, second: ViewConfig) -> ViewRecipe:
+    """Two views of one size, each with its own recipe: BYOL's split of blur and
+    solarisation; a strong student view and a weak teacher view (ReSSL, MSF, SCE)."""
+    return ViewRecipe({"global": [first, second]})
+
+
+def multi_crop(first: ViewConfig, second: ViewConfig, local: ViewConfig, local_count: int) -> ViewRecipe:
+    """Two global views plus ``local_count`` small ones in a group of their own (SwAV, DINO)."""
+    groups = {"global": [first, second]}
+    if local_count:
+        groups["local"] = [local] * local_count
+    return ViewRecipe(groups)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastssl.config import ModelConfig, OptimConfig, RunConfig, TrainConfig, dataset_presets  # noqa: E402
 from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config  # noqa: E402
 from fastssl.recipe import run_recipe  # noqa: E402
-from pipelines.views import two_views  # noqa: E402
+from pipelines.views import ViewRecipe, two_views  # noqa: E402
 
 replace = dataclasses.replace
 
@@ -50,13 +50,16 @@ PRESETS["demo"] = replace(
 )
 
 
+def build_method(cfg: Config, backbone) -> MoCoV2:
+    return MoCoV2(cfg.method, backbone)
+
+
+def build_views(cfg: Config) -> ViewRecipe:
+    return two_views(cfg.views)
+
+
 def main(args: list[str] | None = None) -> dict:
-    return run_recipe(
-        Config, PRESETS, "mocov2",
-        build_method=lambda cfg, backbone: MoCoV2(cfg.method, backbone),
-        build_views=lambda cfg: two_views(cfg.views),
-        args=args, program="mocov2.py",
-    )
+    return run_recipe(sys.modules[__name__], args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastssl.config import TrainConfig, dataset_presets  # noqa: E402
 from fastssl.methods.simclr import SimCLR, SimCLRConfig  # noqa: E402
 from fastssl.recipe import run_recipe  # noqa: E402
-from pipelines.views import two_views  # noqa: E402
+from pipelines.views import ViewRecipe, two_views  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,16 @@ class Config(TrainConfig):
 PRESETS = dataset_presets(Config(data=tyro.MISSING))  # type: ignore[arg-type]
 
 
+def build_method(cfg: Config, backbone) -> SimCLR:
+    return SimCLR(cfg.method, backbone)
+
+
+def build_views(cfg: Config) -> ViewRecipe:
+    return two_views(cfg.views)
+
+
 def main(args: list[str] | None = None) -> dict:
-    return run_recipe(
-        Config, PRESETS, "simclr",
-        build_method=lambda cfg, backbone: SimCLR(cfg.method, backbone),
-        build_views=lambda cfg: two_views(cfg.views),
-        args=args, program="simclr.py",
-    )
+    return run_recipe(sys.modules[__name__], args)
 
 
 if __name__ == "__main__":

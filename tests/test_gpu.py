@@ -4,8 +4,7 @@ without CUDA; run with ``python -m pytest -m gpu``."""
 import pytest
 import torch
 
-from fastssl.recipe import load_recipe
-from fastssl.train.loop import Trainer
+from fastssl.recipe import build_trainer, load_recipe
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,8 +28,7 @@ def test_training_steps_do_not_synchronise(name, tmp_path, gpu_dataset):
     )
     if name == "mocov2":
         cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, queue_size=64))
-    build = recipe.MoCoV2 if name == "mocov2" else recipe.SimCLR
-    trainer = Trainer(cfg, name, lambda backbone: build(cfg.method, backbone), recipe.two_views(cfg.views))
+    trainer = build_trainer(recipe, cfg)
     batches = iter(trainer.loader)
     from fastssl.methods.base import Progress
     from fastssl.train.loop import Meter

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from fastssl.cli import fail, parse  # noqa: E402
 from fastssl.methods.base import Progress  # noqa: E402
-from fastssl.recipe import load_recipe  # noqa: E402
+from fastssl.recipe import build_trainer, load_recipe  # noqa: E402
 from fastssl.train.loop import Meter, RunError, Trainer  # noqa: E402
 from pipelines.batch import ViewBatch  # noqa: E402
 from pipelines.dataset import DatasetError  # noqa: E402
@@ -92,11 +92,7 @@ def build(cfg: ProfileConfig, data: Path, out_dir: Path) -> Trainer:
     model = train.model if cfg.width is None else dataclasses.replace(train.model, width=cfg.width)
     run = dataclasses.replace(train.run, out_dir=out_dir, progress_bar=False)
     train = dataclasses.replace(train, data=data, optim=optim, model=model, run=run)
-    method_type = next(
-        v for v in vars(recipe).values() if isinstance(v, type) and v.__module__.startswith("fastssl.methods.")
-    )
-    build_method = lambda backbone: method_type(train.method, backbone)  # noqa: E731
-    return Trainer(train, cfg.recipe, build_method, recipe.two_views(train.views))
+    return build_trainer(recipe, train)
 
 
 def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:

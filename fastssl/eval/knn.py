@@ -61,6 +61,8 @@ def knn_accuracy(
     test: Tensor, test_labels: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int,
     k: int = 200, temperature: float = 0.1,
 ) -> float:
-    """Top-1 accuracy in percent."""
+    """Top-1 accuracy in percent; bank entries labelled −1 (unlabelled images) are left out."""
+    labelled = bank_labels >= 0
+    bank, bank_labels = bank[labelled], bank_labels[labelled]
     predicted = knn_predict(test, bank, bank_labels, num_classes, k, temperature)
     return 100.0 * (predicted == test_labels).float().mean().item()

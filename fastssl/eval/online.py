@@ -14,12 +14,16 @@ class OnlineProbe(nn.Module):
         self.classifier = nn.Linear(feature_dim, num_classes)
 
     def forward(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """(cross-entropy, accuracy in percent) on detached features; labels repeat per view."""
+        """(cross-entropy, accuracy in percent) on detached features; labels repeat per view.
+        Images labelled −1 (unlabelled) are left out of both."""
         views = features.shape[0] // labels.shape[0]
         labels = labels.repeat(views)
         logits = self.classifier(features.detach().float())
-        accuracy = 100.0 * (logits.argmax(1) == labels).float().mean()
-        return F.cross_entropy(logits, labels), accuracy.detach()
+        labelled = (labels >= 0).float()
+        correct = (logits.argmax(1) == labels).float() * labelled
+        accuracy = 100.0 * correct.sum() / labelled.sum().clamp(min=1)
+        loss = (F.cross_entropy(logits, labels.clamp(min=0), reduction="none") * labelled).sum()
+        return loss / labelled.sum().clamp(min=1), accuracy.detach()
 
     @torch.no_grad()
     def accuracy(self, features: Tensor, labels: Tensor) -> float:

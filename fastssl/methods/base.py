@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from fastssl.config import OptimConfig
+from fastssl.train.optim import decay_groups
 from pipelines.batch import ViewBatch
 
 
@@ -18,6 +21,7 @@ class MethodOutput:
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)  # device scalars, read at log time
     features: Tensor | None = None  # detached backbone features of the views (online probe)
+    embedding: Tensor | None = None  # detached projections of one view (collapse diagnostics)
 
 
 @dataclass(frozen=True)
@@ -37,16 +41,31 @@ class Progress:
         return self.global_step / (self.epochs * self.steps_per_epoch)
 
 
+class Encoded(NamedTuple):
+    features: Tensor  # pooled backbone features, N×D
+    projection: Tensor  # the projection head's output
+    prediction: Tensor | None = None  # the predictor's output (BYOL, SimSiam, …), if any
+    feature_map: Tensor | None = None  # the last feature map N×D×h×w, when asked (VICRegL)
+
+
 class Encoder(nn.Module):
-    """Backbone plus projection head: the trainable network the loop wraps in DDP."""
+    """Backbone, projection head and optional predictor: the trainable network the loop
+    wraps in DDP, so everything that learns must sit inside it (a method with more heads
+    subclasses it). ``with_map`` also returns the backbone's last feature map."""
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module | None = None) -> None:
         super().__init__()
-        self.backbone, self.projector = backbone, projector
+        self.backbone, self.projector, self.predictor = backbone, projector, predictor
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.backbone(images)
-        return features, self.projector(features)
+    def forward(self, images: Tensor, with_map: bool = False) -> Encoded:
+        feature_map = None
+        if with_map:
+            features, feature_map = self.backbone.forward_with_map(images)
+        else:
+            features = self.backbone(images)
+        projection = self.projector(features)
+        prediction = None if self.predictor is None else self.predictor(projection)
+        return Encoded(features, projection, prediction, feature_map)
 
 
 class EMATeacher(nn.Module):
@@ -54,24 +73,35 @@ class EMATeacher(nn.Module):
 
     It lives outside the optimiser (no parameter requires grad) and outside DDP (only the
     student is wrapped). It runs without autograd but keeps its BN layers in training
-    mode, as MoCo's key encoder does; its BN buffers track its own batches.
+    mode, as MoCo's key encoder does; its BN buffers track its own batches. The momentum
+    is a device tensor (``set_momentum`` each step for a schedule), so a compiled or
+    graph-captured update never sees a new constant.
     """
 
-    def __init__(self, student: nn.Module) -> None:
+    def __init__(self, student: nn.Module, momentum: float, without: tuple[str, ...] = ()) -> None:
+        """``without``: submodules of the student the teacher does not copy (BYOL's target
+        has no predictor); they are set to None in the copy."""
         super().__init__()
         self.network = copy.deepcopy(student)
+        for name in without:
+            setattr(self.network, name, None)
         self.network.requires_grad_(False)
+        self.register_buffer("momentum", torch.tensor(float(momentum)))
+
+    def set_momentum(self, momentum: float) -> None:
+        self.momentum.fill_(momentum)  # an asynchronous device write, no synchronisation
 
     @torch.no_grad()
-    def update(self, student: nn.Module, momentum: float) -> None:
-        """θ_teacher ← m·θ_teacher + (1 − m)·θ_student, parameters only."""
+    def update(self, student: nn.Module) -> None:
+        """θ_teacher ← m·θ_teacher + (1 − m)·θ_student, parameters only, matched by name."""
+        student_params = dict(student.named_parameters())
+        names = [name for name, _ in self.network.named_parameters()]
         teacher_params = list(self.network.parameters())
-        student_params = [p.detach() for p in student.parameters()]
-        torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
+        torch._foreach_lerp_(teacher_params, [student_params[n].detach() for n in names], 1.0 - self.momentum)
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.network(images)
+    def forward(self, images: Tensor, *args, **kwargs):
+        return self.network(images, *args, **kwargs)
 
 
 class Method(nn.Module):
@@ -80,13 +110,18 @@ class Method(nn.Module):
 
     student: Encoder
     teacher: EMATeacher | None  # every method sets it, None when it has no teacher
+    # Whether gradients may be accumulated over micro-batches: only for a loss that is a sum
+    # of per-image terms with no batch statistics. In-batch negatives, BN in the heads and
+    # queues all make a micro-batch train a different method, so no current method allows it.
+    accumulation_safe: ClassVar[bool] = False
 
     def bind_student(self, wrapped: nn.Module) -> None:
         """Call the student through ``wrapped`` (a DDP wrapper), keeping state-dict keys."""
         self.__dict__["_student_call"] = wrapped
 
-    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.__dict__.get("_student_call", self.student)(images)
+    def encode(self, images: Tensor, *args, **kwargs) -> Encoded:
+        """The student on ``images``, through its DDP wrapper when there is one."""
+        return self.__dict__.get("_student_call", self.student)(images, *args, **kwargs)
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         raise NotImplementedError
@@ -100,9 +135,11 @@ class Method(nn.Module):
     def after_optimizer_step(self, progress: Progress) -> None:
         """EMA and queue updates that follow the optimiser step."""
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """Optimiser groups; the default decays every student parameter (Mini-SSL)."""
-        return [{"params": list(self.student.parameters()), "weight_decay": weight_decay}]
+    def param_groups(self, cfg: OptimConfig) -> list[dict]:
+        """Optimiser groups of the student: by default one group decayed as ``cfg`` says
+        (with LARS, biases and norms split off). A group flagged ``fixed_lr`` keeps the
+        peak lr throughout (SimSiam's predictor)."""
+        return decay_groups(self.student.parameters(), cfg)
 
     @property
     def backbone(self) -> nn.Module:

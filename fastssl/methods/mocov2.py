@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from fastssl.distributed import gather
 from fastssl.losses.infonce import queue_info_nce
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
+from fastssl.methods.memory import FeatureQueue
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -41,44 +40,40 @@ class MoCoV2(Method):
         self.cfg = cfg
         projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim])
         self.student = Encoder(backbone, projector)
-        self.teacher = EMATeacher(self.student)
-        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
-        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        self.teacher = EMATeacher(self.student, cfg.momentum)
+        self.queue = FeatureQueue(cfg.queue_size, cfg.proj_dim)
         self._new_keys: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
-        self.teacher.update(self.student, self.cfg.momentum)  # type: ignore[union-attr]
+        self.teacher.update(self.student)  # type: ignore[union-attr]
 
     @torch.no_grad()
     def keys(self, images: Tensor, views: int) -> Tensor:
         """Key projections, with the batch shuffled within each view so every BN group of
         the key encoder sees a different mix of images than the query encoder's."""
         if not self.cfg.shuffle_bn:
-            return self.teacher(images)[1]  # type: ignore[misc]
+            return self.teacher(images).projection  # type: ignore[misc]
         n = images.shape[0] // views
         order = torch.argsort(torch.rand(views, n, device=images.device), dim=1)
         order = (order + n * torch.arange(views, device=images.device)[:, None]).flatten()
-        shuffled = self.teacher(images[order])[1]  # type: ignore[misc]
+        shuffled = self.teacher(images[order]).projection  # type: ignore[misc]
         return torch.empty_like(shuffled).index_copy_(0, order, shuffled)
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]
-        features, queries = self.encode(images)
+        features, queries, _, _ = self.encode(images)
         q1, q2 = queries.chunk(2)
         k1, k2 = self.keys(images, 2).chunk(2)
         # Both directions see the queue as it was before this step (Mini-SSL's later commit);
         # the new keys go in after the optimiser step.
-        loss = queue_info_nce(q1, k2, self.queue, self.cfg.temperature)
+        negatives = self.queue.features
+        loss = queue_info_nce(q1, k2, negatives, self.cfg.temperature)
         if self.cfg.symmetric:
-            loss = 0.5 * (loss + queue_info_nce(q2, k1, self.queue, self.cfg.temperature))
-        self._new_keys = F.normalize(k2.float(), dim=1)
-        return MethodOutput(loss, {}, features.detach())
+            loss = 0.5 * (loss + queue_info_nce(q2, k1, negatives, self.cfg.temperature))
+        self._new_keys = k2
+        return MethodOutput(loss, {}, features.detach(), q1.detach())
 
-    @torch.no_grad()
     def after_optimizer_step(self, progress: Progress) -> None:
         """Enqueue this step's keys of the second view from every process, oldest out."""
-        keys = gather(self._new_keys)  # type: ignore[arg-type]
-        slots = (self.queue_pointer + torch.arange(len(keys), device=keys.device)) % len(self.queue)
-        self.queue.index_copy_(0, slots, keys.to(self.queue.dtype))
-        self.queue_pointer.copy_((self.queue_pointer + len(keys)) % len(self.queue))
+        self.queue.push(self._new_keys)  # type: ignore[arg-type]
         self._new_keys = None

@@ -39,7 +39,7 @@ class SimCLR(Method):
         self.teacher = None
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
-        features, projections = self.encode(batch.views["global"])
+        features, projections, _, _ = self.encode(batch.views["global"])
         z1, z2 = projections.chunk(2)
         n, tau = len(z1), self.cfg.temperature
         if self.cfg.loss == "cross_view":
@@ -54,4 +54,4 @@ class SimCLR(Method):
             local = torch.arange(2 * n, device=projections.device) + 2 * n * rank()
             partner = torch.cat([local[n:], local[:n]])
             loss = nt_xent(projections, candidates, local, partner, tau)
-        return MethodOutput(loss, {}, features.detach())
+        return MethodOutput(loss, {}, features.detach(), z1.detach())

@@ -6,19 +6,29 @@ from torch import nn
 
 
 def mlp(
-    dims: list[int], hidden_bn: bool = False, last_bn: bool = False, bias: bool = True
+    dims: list[int],
+    hidden_bn: bool = False,
+    last_bn: bool = False,
+    bias: bool = True,
+    last_bn_affine: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
 ) -> nn.Sequential:
-    """Linear layers ``dims[0] → … → dims[-1]`` with ReLU (after BN, if asked) between them.
+    """Linear layers ``dims[0] → … → dims[-1]`` with the activation (after BN, if asked)
+    between them.
 
     MoCo v2: ``mlp([512, 2048, 128])``; SimCLR as Mini-SSL runs it:
-    ``mlp([512, 2048, 128], hidden_bn=True, last_bn=True, bias=False)``.
+    ``mlp([512, 2048, 128], hidden_bn=True, last_bn=True, bias=False)``; SimSiam's and
+    MoCo v3's projectors end in a BN without affine parameters (``last_bn_affine=False``);
+    DINO's head uses GELU (``activation=nn.GELU``).
     """
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         last = i == len(dims) - 2
         layers.append(nn.Linear(fan_in, fan_out, bias=bias))
-        if (hidden_bn and not last) or (last_bn and last):
+        if hidden_bn and not last:
             layers.append(nn.BatchNorm1d(fan_out))
+        if last_bn and last:
+            layers.append(nn.BatchNorm1d(fan_out, affine=last_bn_affine))
         if not last:
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(activation(inplace=True) if activation is nn.ReLU else activation())
     return nn.Sequential(*layers)

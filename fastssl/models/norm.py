@@ -9,27 +9,29 @@ from torch import Tensor, nn
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
-    """Batch norm computed separately over ``num_splits`` equal groups of the batch.
+    """Batch norm computed separately over groups of ``group_size`` consecutive images.
 
     The MoCo CIFAR demo's trick (used by Mini-SSL) for imitating multi-GPU BN statistics
-    on one device. Groups are contiguous blocks of the batch, so on a channels-last input
+    on one device. Fixing the group's size rather than the number of groups means a call
+    on V views of N images stacked view-major (two global views, or six local crops) makes
+    V·k groups of N/k, as k devices would. Groups are contiguous blocks of the batch, so on a channels-last input
     each group is a channels-last slice: the native fused kernel runs on it directly, with
     no memory-format copy (the usual ``view(-1, C·k, H, W)`` needs an NCHW copy per
     layer). The running statistics are the average of the groups' statistics, as in the
     demo; evaluation is plain BN with them.
     """
 
-    def __init__(self, num_features: int, num_splits: int, **kwargs) -> None:
+    def __init__(self, num_features: int, group_size: int, **kwargs) -> None:
         super().__init__(num_features, **kwargs)
-        self.num_splits = num_splits
+        self.group_size = group_size
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.num_splits == 1:
-            return super().forward(x)
         n = x.shape[0]
-        if n % self.num_splits:
-            raise ValueError(f"batch of {n} does not split into {self.num_splits} BN groups")
-        groups = x.view(self.num_splits, n // self.num_splits, *x.shape[1:])
+        if not self.training or n == self.group_size:
+            return super().forward(x)
+        if n % self.group_size:
+            raise ValueError(f"batch of {n} does not split into BN groups of {self.group_size}")
+        groups = x.view(n // self.group_size, self.group_size, *x.shape[1:])
         outputs, means, invstds = zip(
             *(
                 torch.native_batch_norm(g, self.weight, self.bias, None, None, True, 0.0, self.eps)
@@ -51,8 +53,9 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         self.num_batches_tracked.add_(1)
 
 
-def norm_layer(kind: str, num_splits: int = 1) -> Callable[[int], nn.Module]:
-    """A constructor ``channels → layer`` for ``bn``, ``split_bn`` or ``sync_bn``.
+def norm_layer(kind: str, group_size: int = 1) -> Callable[[int], nn.Module]:
+    """A constructor ``channels → layer`` for ``bn``, ``split_bn`` (groups of ``group_size``
+    images) or ``sync_bn``.
 
     ``sync_bn`` builds plain BN; ``fastssl.distributed.convert_sync_bn`` turns it into
     ``SyncBatchNorm`` once a process group exists.
@@ -60,5 +63,5 @@ def norm_layer(kind: str, num_splits: int = 1) -> Callable[[int], nn.Module]:
     if kind in ("bn", "sync_bn"):
         return nn.BatchNorm2d
     if kind == "split_bn":
-        return lambda channels: SplitBatchNorm2d(channels, num_splits)
+        return lambda channels: SplitBatchNorm2d(channels, group_size)
     raise ValueError(f"unknown norm '{kind}' (bn, split_bn, sync_bn)")

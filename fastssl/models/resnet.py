@@ -82,8 +82,14 @@ class ResNet(nn.Module):
         """Pooled features, N×D."""
         return torch.flatten(self.avgpool(self.forward_map(x)), 1)
 
+    def forward_with_map(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pooled features N×D, last feature map N×D×h×w) from one pass."""
+        feature_map = self.forward_map(x)
+        return torch.flatten(self.avgpool(feature_map), 1), feature_map
+
 
 def build_backbone(
-    arch: str, cifar_stem: bool, maxpool: bool, width: int, norm: str, bn_splits: int
+    arch: str, cifar_stem: bool, maxpool: bool, width: int, norm: str, bn_group_size: int
 ) -> ResNet:
-    return ResNet(arch, cifar_stem, maxpool, width, norm_layer(norm, bn_splits))
+    """A ResNet whose BN layers are ``norm`` (``split_bn``: groups of ``bn_group_size`` images)."""
+    return ResNet(arch, cifar_stem, maxpool, width, norm_layer(norm, bn_group_size))

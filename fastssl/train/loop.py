@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import resource
 import subprocess
 import time
@@ -21,16 +22,18 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from fastssl.config import TrainConfig
 from fastssl.distributed import convert_sync_bn
+from fastssl.eval.collapse import collapse_metrics
 from fastssl.eval.knn import extract_features, knn_accuracy
 from fastssl.eval.online import OnlineProbe
 from fastssl.methods.base import Method, Progress
-from fastssl.models.resnet import ResNet, build_backbone
+from fastssl.models.backbone import backbone_from_config
 from fastssl.train import checkpoint
+from fastssl.train.optim import build_optimizer
 from fastssl.train.schedule import warmup_cosine
 from pipelines.dataset import read_info
 from pipelines.loader import Loader
@@ -70,24 +73,25 @@ def _jsonable(value: Any) -> Any:
 
 
 class Meter:
-    """Sums of device scalars, read (one synchronisation) only when logged."""
+    """Means of device scalars over the steps that reported them, read (one
+    synchronisation) only when logged."""
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
     def add(self, values: dict[str, Tensor]) -> None:
         for name, value in values.items():
             value = value.detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.count += 1
+            self.counts[name] = self.counts.get(name, 0) + 1
 
     def read(self) -> dict[str, float]:
-        if not self.count:
+        if not self.sums:
             return {}
         names = list(self.sums)
-        values = (torch.stack([self.sums[n] for n in names]) / self.count).tolist()
-        self.sums, self.count = {}, 0
+        values = torch.stack([self.sums[n] / self.counts[n] for n in names]).tolist()
+        self.sums, self.counts = {}, {}
         return dict(zip(names, values, strict=True))
 
 
@@ -96,13 +100,15 @@ class Trainer:
         self,
         cfg: TrainConfig,
         method_name: str,
-        build_method: Callable[[ResNet], Method],
+        build_method: Callable[[nn.Module], Method],
         views: ViewRecipe,
     ) -> None:
         self.cfg, self.method_name = cfg, method_name
         if not cfg.data.exists():
             raise RunError(f"--data {cfg.data}: no such directory")
         self.info = read_info(cfg.data)
+        if cfg.run.deterministic:
+            _make_deterministic()
         cuda = torch.cuda.is_available()
         self.accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
         acc = self.accelerator
@@ -121,25 +127,34 @@ class Trainer:
 
         self.loader = Loader(
             cfg.data, views, cfg.optim.batch_size, self.device, cfg.run.seed,
-            acc.process_index, acc.num_processes,
+            acc.process_index, acc.num_processes, cfg.train_splits,
         )
-        m = cfg.model
-        # Split-BN groups are counted per view over the global batch; a method sees all of
-        # a batch's views at once, and each process holds 1/world of every view.
-        if m.norm == "split_bn" and m.bn_splits % acc.num_processes:
-            raise RunError(f"--model.bn-splits {m.bn_splits} is not divisible by {acc.num_processes} processes")
-        splits = m.bn_splits // acc.num_processes * views.groups["global"].count
-        backbone = build_backbone(m.arch, m.cifar_stem, m.maxpool, m.width, m.norm, splits)
+        m, o = cfg.model, cfg.optim
+        # Split-BN groups are counted per view over the global batch and shared out over
+        # the processes: each group holds batch/bn_splits images of one view.
+        per_process, world = o.batch_size // acc.num_processes, acc.num_processes
+        group_size = 1
+        if m.norm == "split_bn":
+            if m.bn_splits % world or per_process % (m.bn_splits // world):
+                raise RunError(
+                    f"--model.bn-splits {m.bn_splits}: must share out over {world} processes and split "
+                    f"their {per_process} images per view evenly"
+                )
+            group_size = per_process // (m.bn_splits // world)
+        backbone = backbone_from_config(m, next(iter(views.groups.values())).config.size, group_size)
         if m.norm == "sync_bn":
             backbone = convert_sync_bn(backbone)  # type: ignore[assignment]
         self.method = build_method(backbone).to(self.device, memory_format=torch.channels_last)
+        if o.accumulate_steps > 1 and not self.method.accumulation_safe:
+            raise RunError(
+                f"--optim.accumulate-steps {o.accumulate_steps}: {method_name}'s loss depends on the whole "
+                "batch (in-batch negatives, BN statistics or a queue), so accumulating gradients over "
+                "smaller batches would train a different method; use more processes or a smaller --optim.batch-size"
+            )
         self.method.bind_student(acc.prepare_model(self.method.student))
         self.probe = OnlineProbe(backbone.feature_dim, self.info.num_classes).to(self.device)
         self.probe_call = acc.prepare_model(self.probe)
-        o = cfg.optim
-        self.optimizer = torch.optim.SGD(
-            self.method.param_groups(o.weight_decay), lr=o.lr, momentum=o.momentum
-        )
+        self.optimizer = build_optimizer(self.method.param_groups(o), o)
         self.probe_optimizer = torch.optim.SGD(
             self.probe.parameters(), lr=o.probe_lr, momentum=0.9, weight_decay=0.0
         )
@@ -195,6 +210,22 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            if self.cfg.run.tensorboard:
+                self._tensorboard(record)
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        """The same record as TensorBoard scalars (``kind/name`` against the global step)."""
+        if not hasattr(self, "_writer"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise RunError("--run.tensorboard needs the tensorboard package: pip install -e '.[report]'") from error
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        step = record["epoch"] * self.steps_per_epoch + record.get("step", 0)
+        for name, value in record.items():
+            if name not in ("kind", "epoch", "step") and isinstance(value, int | float):
+                self._writer.add_scalar(f"{record['kind']}/{name}", value, step)
+        self._writer.flush()
 
     # --- evaluation -------------------------------------------------------------------
 
@@ -227,18 +258,21 @@ class Trainer:
 
     # --- training ---------------------------------------------------------------------
 
-    def _step(self, batch: Any, progress: Progress, meter: Meter) -> None:
+    def _step(self, batch: Any, progress: Progress, meter: Meter, diagnose: bool = False) -> None:
+        """One optimisation step; ``diagnose`` also measures collapse (a logging step)."""
         o, acc = self.cfg.optim, self.accelerator
         total = o.epochs * self.steps_per_epoch
         lr = warmup_cosine(
             progress.global_step, total, round(o.warmup_epochs * self.steps_per_epoch), o.lr
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = o.lr if group.get("fixed_lr", False) else lr
         self.method.before_step(progress)
         with acc.autocast():
             out = self.method(batch)
             probe_loss, probe_acc = self.probe_call(out.features, batch.labels)
+        if diagnose and out.embedding is not None:
+            meter.add(collapse_metrics(out.embedding))
         acc.backward(out.loss + probe_loss)
         self.method.after_backward()
         self.optimizer.step()
@@ -267,12 +301,14 @@ class Trainer:
             meter, window_start, window_images = Meter(), time.perf_counter(), 0
             for batch in self.loader:
                 step = self.loader.step - 1
-                self._step(batch, Progress(epoch, step, self.steps_per_epoch, cfg.optim.epochs), meter)
+                last = self.loader.step == self.steps_per_epoch
+                log_now = (step + 1) % run.log_every_steps == 0 or last
+                progress = Progress(epoch, step, self.steps_per_epoch, cfg.optim.epochs)
+                self._step(batch, progress, meter, diagnose=log_now)
                 window_images += cfg.optim.batch_size
                 steps_this_call += 1
                 bar.update(1)
-                last = self.loader.step == self.steps_per_epoch
-                if (step + 1) % run.log_every_steps == 0 or last:
+                if log_now:
                     values = meter.read()  # the one synchronisation of a logging window
                     seconds = time.perf_counter() - window_start
                     self.train_seconds += seconds
@@ -348,6 +384,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+
+def _make_deterministic() -> None:
+    """Deterministic kernels (slower; errors where an op has no deterministic version)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def standard_error_pct(accuracy_pct: float, count: int) -> float:

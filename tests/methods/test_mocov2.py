@@ -45,12 +45,12 @@ def test_queue_takes_second_view_keys_and_wraps():
     for step in range(4):  # 4 keys per step into 12 slots: the pointer wraps after 3 steps
         method(batch(seed=step))
         new_keys = method._new_keys.clone()
-        pointer = int(method.queue_pointer)
+        pointer = int(method.queue.pointer)
         method.after_optimizer_step(PROGRESS)
         slots = (torch.arange(4) + pointer) % 12
-        torch.testing.assert_close(method.queue[slots], new_keys)
-    assert int(method.queue_pointer) == 16 % 12
-    torch.testing.assert_close(method.queue.norm(dim=1), torch.ones(12))
+        torch.testing.assert_close(method.queue.features[slots], torch.nn.functional.normalize(new_keys, dim=1))
+    assert int(method.queue.pointer) == 16 % 12
+    torch.testing.assert_close(method.queue.features.norm(dim=1), torch.ones(12))
 
 
 def test_shuffled_keys_equal_unshuffled_keys_without_batch_statistics():
@@ -59,7 +59,7 @@ def test_shuffled_keys_equal_unshuffled_keys_without_batch_statistics():
     method.eval()  # BN from running statistics: shuffling must then change nothing
     images = batch().views["global"]
     shuffled = method.keys(images, 2)
-    plain = method.teacher(images)[1]
+    plain = method.teacher(images).projection
     torch.testing.assert_close(shuffled, plain)
 
 

@@ -9,7 +9,7 @@ def test_split_bn_is_bn_per_group_in_channels_last():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(12, 5, 4, 3, generator=g).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    layer = SplitBatchNorm2d(5, num_splits=3)
+    layer = SplitBatchNorm2d(5, group_size=4)
     with torch.no_grad():
         layer.weight.uniform_(0.5, 1.5)
         layer.bias.uniform_(-0.5, 0.5)
@@ -28,7 +28,7 @@ def test_split_bn_is_bn_per_group_in_channels_last():
 
 def test_split_bn_running_stats_average_the_groups():
     x = torch.randn(8, 3, 4, 4)
-    layer = SplitBatchNorm2d(3, num_splits=2, momentum=0.5)
+    layer = SplitBatchNorm2d(3, group_size=4, momentum=0.5)
     layer(x)
     groups = x.view(2, 4, 3, 4, 4)
     mean = groups.mean(dim=(1, 3, 4)).mean(0)

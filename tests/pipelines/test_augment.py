@@ -359,7 +359,10 @@ OPS = [
 
 
 def as_tensors(params) -> list[torch.Tensor]:
-    return [params] if isinstance(params, torch.Tensor) else list(vars(params).values())
+    """The random parameters (not the per-image record of which adjustments are enabled)."""
+    if isinstance(params, torch.Tensor):
+        return [params]
+    return [value for name, value in vars(params).items() if name != "enabled"]
 
 
 @pytest.mark.parametrize("op", OPS, ids=lambda op: type(op).__name__)
@@ -389,7 +392,7 @@ def test_inplace_and_out_of_place_agree(op, chosen):
     if chosen != "some":  # every image (or none) drawing the op
         full = ColorJitter(0.4, 0.4, 0.4, 0.1).sample(n, generator(36)) if isinstance(op, ColorJitter) else None
         if isinstance(op, ColorJitter):
-            params = JitterParams(full.factors, full.order, full.applied.fill_(chosen == "all"))
+            params = JitterParams(full.factors, full.order, full.applied.fill_(chosen == "all"), full.enabled)
         elif isinstance(op, GaussianBlur):
             params = torch.full((n,), 1.0 if chosen == "all" else 0.0)
         else:

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines.dataset import DatasetError, read_info
 from pipelines.loader import Loader
+from pipelines.tensor import TensorSplit
 from pipelines.views import ViewConfig, two_views
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,3 +148,18 @@ def test_a_missing_optional_backend_names_its_extra(monkeypatch):
     monkeypatch.setitem(loader_module.SPLIT_READERS, "ffcv", "pipelines.not_installed_backend:Split")
     with pytest.raises(DatasetError, match=r"pip install -e '\.\[ffcv\]'"):
         loader_module.load_backend(loader_module.SPLIT_READERS["ffcv"], "ffcv")
+
+
+def test_training_on_several_splits_concatenates_them(converted):
+    both = Loader(converted["tensor"], two_views(ViewConfig()), 16, CPU, seed=3, splits=("train", "test"))
+    assert len(both.train) == 59 and len(both) == 59 // 16
+    indices = torch.cat([b.indices for b in both])
+    assert len(set(indices.tolist())) == len(indices) == 48 and indices.max() < 59
+    train, test = (TensorSplit(read_info(converted["tensor"]), split, CPU) for split in ("train", "test"))
+    index = torch.tensor([0, 55, 3, 50])  # train, test, train, test
+    expected = torch.stack([train.fetch(index[:1])[0], test.fetch(torch.tensor([5]))[0],
+                            train.fetch(index[2:3])[0], test.fetch(torch.tensor([0]))[0]])
+    assert torch.equal(both.train.fetch(index), expected)
+    assert both.train.labels[55] == test.labels[5]
+    with pytest.raises(DatasetError, match="no split 'unlabeled'"):
+        Loader(converted["tensor"], two_views(ViewConfig()), 16, CPU, splits=("train", "unlabeled"))

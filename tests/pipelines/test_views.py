@@ -13,7 +13,7 @@ import torchvision.transforms.v2.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.views import ViewConfig, ViewPipeline, two_views  # noqa: E402
+from pipelines.views import ViewConfig, ViewPipeline, asymmetric_views, multi_crop, two_views  # noqa: E402
 
 N = 8
 # Normalisation divides by std ≈ 0.2: float32 round-off of 1e-5 on [0, 1] becomes 5e-5.
@@ -122,7 +122,7 @@ def torchvision_view(image: torch.Tensor, params, row: int, config: ViewConfig) 
 )
 def test_every_view_matches_torchvision(config):
     images, sizes = batch(6, seed=6)
-    pipeline = ViewPipeline(config, 2)
+    pipeline = ViewPipeline([config, config])
     params = pipeline.sample(sizes, torch.Generator().manual_seed(7))
     views, meta = pipeline.apply(images, params)
     assert torch.equal(meta.boxes, params.crop.boxes) and torch.equal(meta.flipped, params.flip)
@@ -137,7 +137,7 @@ def test_every_view_matches_torchvision(config):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu_without_synchronising():
     images, sizes = batch()
-    pipeline = ViewPipeline(ViewConfig(solarize_p=0.5), 2)
+    pipeline = ViewPipeline([ViewConfig(solarize_p=0.5)] * 2)
     params = pipeline.sample(sizes, torch.Generator().manual_seed(8))
     expected, _ = pipeline.apply(images, params)
     on_device = images.cuda()
@@ -150,3 +150,48 @@ def test_cuda_matches_cpu_without_synchronising():
     assert views.is_cuda and meta.boxes.is_cuda
     assert views.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(views.cpu(), expected, atol=ATOL, rtol=0)
+
+
+def test_each_view_of_a_group_follows_its_own_config():
+    images, sizes = batch(6, seed=3)
+    strong = ViewConfig(blur_p=1.0, solarize_p=0.0, jitter_p=1.0)
+    weak = ViewConfig(blur_p=0.0, solarize_p=1.0, jitter_p=0.0, grayscale_p=0.0, flip_p=0.0)
+    pipeline = asymmetric_views(strong, weak).groups["global"]
+    params = pipeline.sample(sizes, torch.Generator().manual_seed(1))
+    first, second = slice(0, 6), slice(6, 12)
+    assert (params.blur_sigma[first] > 0).all() and (params.blur_sigma[second] == 0).all()
+    assert not params.solarize[first].any() and params.solarize[second].all()
+    assert params.jitter.applied[first].all() and not params.jitter.applied[second].any()
+    assert not params.flip[second].any() and not params.grayscale[second].any()
+    views, _ = pipeline.apply(images, params)
+    assert views.shape == (12, 3, 32, 32)
+    # the weak view is exactly a solarised crop of its own (solarise alone on a 32-px config)
+    only_weak = ViewPipeline([weak]).apply(images, params.take(torch.arange(6, 12)))[0]
+    torch.testing.assert_close(views[second], only_weak)
+
+
+def test_multi_crop_makes_a_group_per_resolution_and_refuses_mixed_sizes():
+    images, sizes = batch(4, seed=2)
+    recipe = multi_crop(ViewConfig(), ViewConfig(solarize_p=0.2), ViewConfig(size=16, crop_scale=(0.05, 0.2)), 3)
+    views, meta = recipe(images, sizes, torch.Generator().manual_seed(0))
+    assert views["global"].shape == (8, 3, 32, 32) and views["local"].shape == (12, 3, 16, 16)
+    areas = meta["local"].boxes[:, 2] * meta["local"].boxes[:, 3]
+    assert (areas <= 0.2 * 32 * 32 * 1.2).all()  # small crops, up to rounding of the sides
+    with pytest.raises(ValueError, match="must share 'size'"):
+        asymmetric_views(ViewConfig(), ViewConfig(size=16))
+
+
+def test_views_of_different_jitter_strengths_share_a_batch():
+    images, sizes = batch(6, seed=4)
+    plain = ViewConfig(jitter_p=1.0, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0, blur_p=0.0, flip_p=0.0)
+    hue_only = dataclasses.replace(plain, jitter=(0.0, 0.0, 0.0, 0.5))
+    for first, second in ((plain, hue_only), (hue_only, plain)):
+        pipeline = asymmetric_views(first, second).groups["global"]
+        params = pipeline.sample(sizes, torch.Generator().manual_seed(2))
+        views, _ = pipeline.apply(images, params)
+        unjittered = dataclasses.replace(params, jitter=dataclasses.replace(params.jitter, applied=torch.zeros(12) > 0))
+        crops = pipeline.apply(images, unjittered)[0]
+        hue_rows = slice(6, 12) if second is hue_only else slice(0, 6)
+        other = slice(0, 6) if second is hue_only else slice(6, 12)
+        torch.testing.assert_close(views[other], crops[other])
+        assert (views[hue_rows] - crops[hue_rows]).abs().amax() > 0.1

@@ -77,3 +77,26 @@ def test_bad_input_is_one_line_and_status_2(tiny_dataset, tmp_path):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mocov2.py: error:") and expected in lines[0]
+
+
+def test_gradient_accumulation_is_refused_for_batch_dependent_losses(tiny_dataset, tmp_path):
+    result = cli("--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), *TINY, "--optim.accumulate-steps", "2")
+    assert result.returncode == 2
+    assert "--optim.accumulate-steps 2: mocov2's loss depends on the whole batch" in result.stderr
+
+
+def test_lars_vit_deterministic_tensorboard_and_collapse_metrics(tiny_dataset, tmp_path):
+    summary = load_recipe("simclr").main([
+        "--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), "--optim.batch-size", "16",
+        "--run.eval-batch-size", "32", "--run.no-progress-bar", "--run.log-every-steps", "2",
+        "--model.arch", "vit_tiny", "--optim.optimizer", "lars", "--optim.epochs", "1",
+        "--run.stop-after-steps", "2", "--run.deterministic", "--run.tensorboard",
+    ])
+    run_dir = tmp_path / "simclr-tiny"
+    train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train"]
+    assert len(train) == 1 and train[0]["loss"] > 0
+    assert 0 < train[0]["embedding_std"] and 1 <= train[0]["effective_rank"] <= 16
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert summary["config"]["model"]["arch"] == "vit_tiny"
+    torch.use_deterministic_algorithms(False)
