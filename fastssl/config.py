@@ -73,6 +73,10 @@ class RunConfig:
     stop_after_minutes: float | None = None  # likewise after this much wall-clock time
     progress_bar: bool = True
     deterministic: bool = False  # deterministic kernels (slower), for bit-reproducible runs
+    # Speed switches; None = on with CUDA, off on the CPU (where compiling gains nothing here):
+    compile: bool | None = None  # torch.compile the student and teacher networks
+    cuda_graphs: bool | None = None  # with compile: capture them as CUDA graphs ("reduce-overhead")
+    fused_optimizer: bool | None = None  # torch's fused SGD/AdamW kernels
     tensorboard: bool = False  # also log metrics as TensorBoard scalars (the [report] extra)
 
 

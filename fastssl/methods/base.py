@@ -141,6 +141,11 @@ class Method(nn.Module):
         peak lr throughout (SimSiam's predictor)."""
         return decay_groups(self.student.parameters(), cfg)
 
+    def compiled_networks(self) -> list[nn.Module]:
+        """The networks worth ``torch.compile``: the student's and the teacher's (their
+        forward passes are nearly all of a step's time)."""
+        return [self.student] + ([self.teacher.network] if self.teacher is not None else [])
+
     @property
     def backbone(self) -> nn.Module:
         return self.student.backbone

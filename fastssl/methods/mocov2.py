@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fastssl.losses.infonce import queue_info_nce
+from fastssl.losses.infonce import Backend, queue_info_nce
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.heads import mlp
@@ -32,6 +32,8 @@ class MoCoV2Config:
     proj_dim: int = 128
     symmetric: bool = True  # both views as queries, loss averaged (Mini-SSL --symmetric)
     shuffle_bn: bool = True  # shuffle the key batch across BN groups (He et al., §3.3)
+    # InfoNCE log-sum-exp: auto (fused Triton kernel on CUDA, else plain) | plain | chunked | fused
+    loss_backend: Backend = "auto"
 
 
 class MoCoV2(Method):
@@ -67,9 +69,10 @@ class MoCoV2(Method):
         # Both directions see the queue as it was before this step (Mini-SSL's later commit);
         # the new keys go in after the optimiser step.
         negatives = self.queue.features
-        loss = queue_info_nce(q1, k2, negatives, self.cfg.temperature)
+        tau, backend = self.cfg.temperature, self.cfg.loss_backend
+        loss = queue_info_nce(q1, k2, negatives, tau, backend)
         if self.cfg.symmetric:
-            loss = 0.5 * (loss + queue_info_nce(q2, k1, negatives, self.cfg.temperature))
+            loss = 0.5 * (loss + queue_info_nce(q2, k1, negatives, tau, backend))
         self._new_keys = k2
         return MethodOutput(loss, {}, features.detach(), q1.detach())
 

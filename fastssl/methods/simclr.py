@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from fastssl.distributed import gather_with_grad, rank
-from fastssl.losses.infonce import batch_info_nce, nt_xent
+from fastssl.losses.infonce import Backend, batch_info_nce, nt_xent
 from fastssl.methods.base import Encoder, Method, MethodOutput
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
@@ -28,6 +28,8 @@ class SimCLRConfig:
     loss: Literal["cross_view", "nt_xent"] = "cross_view"
     proj_hidden: int = 2048  # 512→2048 (BN, ReLU)→128 (BN), no biases (Mini-SSL SimCLR.py)
     proj_dim: int = 128
+    # InfoNCE log-sum-exp: auto (fused Triton kernel on CUDA, else plain) | plain | chunked | fused
+    loss_backend: Backend = "auto"
 
 
 class SimCLR(Method):
@@ -41,17 +43,17 @@ class SimCLR(Method):
     def forward(self, batch: ViewBatch) -> MethodOutput:
         features, projections, _, _ = self.encode(batch.views["global"])
         z1, z2 = projections.chunk(2)
-        n, tau = len(z1), self.cfg.temperature
+        n, tau, backend = len(z1), self.cfg.temperature, self.cfg.loss_backend
         if self.cfg.loss == "cross_view":
             offset = rank() * n
             loss = 0.5 * (
-                batch_info_nce(z1, gather_with_grad(z2), tau, offset)
-                + batch_info_nce(z2, gather_with_grad(z1), tau, offset)
+                batch_info_nce(z1, gather_with_grad(z2), tau, offset, backend)
+                + batch_info_nce(z2, gather_with_grad(z1), tau, offset, backend)
             )
         else:
             # Candidates: every process's [z1; z2] block; this process's block starts at 2n·rank.
             candidates = gather_with_grad(projections)
             local = torch.arange(2 * n, device=projections.device) + 2 * n * rank()
             partner = torch.cat([local[n:], local[:n]])
-            loss = nt_xent(projections, candidates, local, partner, tau)
+            loss = nt_xent(projections, candidates, local, partner, tau, backend)
         return MethodOutput(loss, {}, features.detach(), z1.detach())

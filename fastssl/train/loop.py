@@ -154,7 +154,13 @@ class Trainer:
         self.method.bind_student(acc.prepare_model(self.method.student))
         self.probe = OnlineProbe(backbone.feature_dim, self.info.num_classes).to(self.device)
         self.probe_call = acc.prepare_model(self.probe)
-        self.optimizer = build_optimizer(self.method.param_groups(o), o)
+        switch = lambda value, default: default if value is None else value  # noqa: E731
+        self.optimizer = build_optimizer(self.method.param_groups(o), o, fused=switch(cfg.run.fused_optimizer, cuda))
+        if switch(cfg.run.compile, cuda):
+            # In place (nn.Module.compile), so state-dict keys and checkpoints are unchanged.
+            mode = "reduce-overhead" if switch(cfg.run.cuda_graphs, cuda) else "default"
+            for network in self.method.compiled_networks():
+                network.compile(mode=mode)
         self.probe_optimizer = torch.optim.SGD(
             self.probe.parameters(), lr=o.probe_lr, momentum=0.9, weight_decay=0.0
         )

@@ -73,9 +73,10 @@ def _layer_scale(weight_norm: Tensor, grad_norm: Tensor, decay: float, eta: floa
     return torch.where((weight_norm > 0) & (grad_norm > 0), scale, torch.ones_like(scale))
 
 
-def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict], cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """``fused``: torch's single-kernel SGD/AdamW (CUDA); LARS always runs its foreach ops."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)
     if cfg.optimizer == "lars":
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, eta=cfg.lars_eta)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), fused=fused or None)
