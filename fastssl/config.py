@@ -73,7 +73,11 @@ class RunConfig:
     stop_after_minutes: float | None = None  # likewise after this much wall-clock time
     progress_bar: bool = True
     deterministic: bool = False  # deterministic kernels (slower), for bit-reproducible runs
-    # Speed switches; None = on with CUDA, off on the CPU (where compiling gains nothing here):
+    # Speed switches (a benchmark's plain baseline turns them off). Precision auto: bf16
+    # autocast on CUDA, fp32 on the CPU (where bf16 autocast is 15–25× slower).
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool = True  # weights and views in channels-last memory
+    # None = on with CUDA, off on the CPU (where compiling gains nothing here):
     compile: bool | None = None  # torch.compile the student and teacher networks
     cuda_graphs: bool | None = None  # with compile: capture them as CUDA graphs ("reduce-overhead")
     fused_optimizer: bool | None = None  # torch's fused SGD/AdamW kernels

@@ -110,7 +110,8 @@ class Trainer:
         if cfg.run.deterministic:
             _make_deterministic()
         cuda = torch.cuda.is_available()
-        self.accelerator = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
+        precision = {"auto": "bf16" if cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.run.precision]
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
         acc = self.accelerator
         self.device = acc.device
         set_seed(cfg.run.seed)
@@ -144,7 +145,8 @@ class Trainer:
         backbone = backbone_from_config(m, next(iter(views.groups.values())).config.size, group_size)
         if m.norm == "sync_bn":
             backbone = convert_sync_bn(backbone)  # type: ignore[assignment]
-        self.method = build_method(backbone).to(self.device, memory_format=torch.channels_last)
+        memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+        self.method = build_method(backbone).to(self.device, memory_format=memory_format)
         if o.accumulate_steps > 1 and not self.method.accumulation_safe:
             raise RunError(
                 f"--optim.accumulate-steps {o.accumulate_steps}: {method_name}'s loss depends on the whole "
@@ -267,6 +269,8 @@ class Trainer:
     def _step(self, batch: Any, progress: Progress, meter: Meter, diagnose: bool = False) -> None:
         """One optimisation step; ``diagnose`` also measures collapse (a logging step)."""
         o, acc = self.cfg.optim, self.accelerator
+        if not self.cfg.run.channels_last:  # the NCHW baseline of the benchmarks
+            batch = dataclasses.replace(batch, views={k: v.contiguous() for k, v in batch.views.items()})
         total = o.epochs * self.steps_per_epoch
         lr = warmup_cosine(
             progress.global_step, total, round(o.warmup_epochs * self.steps_per_epoch), o.lr

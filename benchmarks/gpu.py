@@ -1,0 +1,228 @@
+"""The GPU benchmark: seconds per epoch of SimCLR, MoCo v2 and BYOL against a plain baseline
+and against the bare forward+backward, all in one run (``benchmarks/gpu.sh`` calls it).
+
+    python benchmarks/gpu.py --data .gpu/cifar10 [--methods simclr mocov2 byol] [--batch-size 512]
+
+For each method:
+
+* fastssl — the recipe as it trains: views made on the device from resident uint8 pixels,
+  bf16 autocast, channels-last, compiled networks captured as CUDA graphs, fused
+  optimiser; one full epoch timed after warm-up steps (compilation), host clock around a
+  synchronised epoch.
+* per-stage breakdown — ``tools/profile.py``'s stages (read/decode, views, forward+loss,
+  backward, optimiser) with CUDA events, on an uncompiled copy so the stages are separable.
+* plain baseline — the same method and batch, fp32, NCHW, eager, SGD without fusion, fed by
+  a torchvision ``DataLoader`` (PIL decode, per-image transforms, ``--workers`` processes):
+  ``--baseline-steps`` steps timed, extrapolated to an epoch.
+* bare forward+backward — the backbone alone on the same 2×batch views (same precision,
+  memory format and compilation), the arithmetic floor the step is compared with.
+
+Model FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
+eager step (matrix products and convolutions, 2 FLOP per multiply-add, backward
+included); MFU = FLOPs per step / (seconds per step × peak dense bf16 FLOP/s of the
+device, ``PEAK_BF16``). Writes ``benchmarks/gpu.md`` and ``benchmarks/gpu.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from benchmarks.train_step import synchronize, time_steps  # noqa: E402
+from fastssl.cli import parse  # noqa: E402
+from fastssl.methods.base import Progress  # noqa: E402
+from fastssl.recipe import build_trainer, load_recipe  # noqa: E402
+from fastssl.train.loop import Meter, Trainer  # noqa: E402
+from pipelines.batch import ViewBatch  # noqa: E402
+from pipelines.reference import PilTwoViews  # noqa: E402
+from tools.profile import ProfileConfig, profile  # noqa: E402
+
+# Dense bf16 tensor-core peaks (NVIDIA data sheets, without sparsity), FLOP/s.
+PEAK_BF16 = {"H100 SXM": 989.4e12, "H100 PCIe": 756.5e12, "H100 NVL": 835.5e12, "H200": 989.4e12, "A100": 312e12}
+
+
+@dataclass(frozen=True)
+class Options:
+    data: Path = ROOT / ".gpu" / "cifar10"  # a tensor-format CIFAR-10 (tools/convert.py)
+    methods: tuple[str, ...] = ("simclr", "mocov2", "byol")
+    batch_size: int = 512
+    warmup_steps: int = 20  # before the timed epoch: compilation and CUDA-graph capture
+    baseline_steps: int = 20  # plain-baseline steps timed (after 3 warm-up steps)
+    bare_steps: int = 20
+    workers: int = 8  # the baseline DataLoader's processes
+    width: int | None = None  # ResNet-18 first-stage channels (default: the recipe's; CPU smoke tests: 8)
+    out: Path = ROOT / "benchmarks" / "gpu"  # writes <out>.md and <out>.json
+
+
+def peak_flops(device: torch.device) -> tuple[float | None, str]:
+    if device.type != "cuda":
+        return None, "cpu"
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_BF16.items():
+        if all(word in name for word in key.split()):
+            return peak, name
+    return None, name
+
+
+def configure(name: str, opts: Options, out_dir: Path, fast: bool):
+    recipe = load_recipe(name)
+    cfg = recipe.PRESETS["cifar10"]
+    model = cfg.model if opts.width is None else dataclasses.replace(cfg.model, width=opts.width)
+    switches = {} if fast else {"precision": "fp32", "channels_last": False, "compile": False,
+                                "cuda_graphs": False, "fused_optimizer": False}
+    run = dataclasses.replace(cfg.run, out_dir=out_dir, name=f"{name}-{'fast' if fast else 'plain'}",
+                              progress_bar=False, knn_before_training=False, **switches)
+    cfg = dataclasses.replace(cfg, data=opts.data, model=model, run=run,
+                              optim=dataclasses.replace(cfg.optim, batch_size=opts.batch_size))
+    return recipe, cfg
+
+
+def epoch_seconds(trainer: Trainer, warmup: int) -> float:
+    """One full epoch of loader + steps, after ``warmup`` steps of another epoch."""
+    meter, loader = Meter(), trainer.loader
+    steps = len(loader)
+    loader.set_epoch(0)
+    for step, batch in zip(range(warmup), loader, strict=False):
+        trainer._step(batch, Progress(0, step, steps, 2), meter)
+    loader.set_epoch(1)
+    synchronize(trainer.device)
+    start = time.perf_counter()
+    for step, batch in enumerate(loader):
+        trainer._step(batch, Progress(1, step, steps, 2), meter)
+    synchronize(trainer.device)
+    meter.read()
+    return time.perf_counter() - start
+
+
+def flops_per_step(trainer: Trainer) -> float:
+    batch = next(iter(trainer.loader))
+    with FlopCounterMode(display=False) as counter:
+        trainer._step(batch, Progress(0, 0, len(trainer.loader), 1), Meter())
+    return float(counter.get_total_flops())
+
+
+def baseline_batches(trainer: Trainer, workers: int):
+    """ViewBatches from a torchvision DataLoader with PIL transforms (NCHW, fp32)."""
+    split = trainer.loader.train
+    pixels = split.images.permute(0, 2, 3, 1).cpu().numpy()
+    config = next(iter(trainer.loader.recipe.groups.values())).config
+    dataset = PilTwoViews(lambda i: pixels[i], len(split), config)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=trainer.loader.batch_size, shuffle=True,
+                                         num_workers=workers, drop_last=True, pin_memory=True,
+                                         persistent_workers=workers > 0)
+    while True:
+        for first, second in loader:
+            views = torch.cat([first, second]).to(trainer.device, non_blocking=True)
+            n = first.shape[0]
+            yield ViewBatch({"global": views}, torch.arange(n, device=trainer.device),
+                            torch.zeros(n, dtype=torch.long, device=trainer.device), {})
+
+
+def measure(name: str, opts: Options, out_dir: Path) -> dict[str, Any]:
+    recipe, cfg = configure(name, opts, out_dir, fast=True)
+    trainer = build_trainer(recipe, cfg)
+    steps = len(trainer.loader)
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+    seconds = epoch_seconds(trainer, opts.warmup_steps)
+    peak_memory = torch.cuda.max_memory_allocated(trainer.device) / 2**20 if trainer.device.type == "cuda" else None
+    knn_start = time.perf_counter()
+    trainer.evaluate(epoch=1)
+    knn_seconds = time.perf_counter() - knn_start
+
+    _, plain_cfg = configure(name, opts, out_dir, fast=False)
+    plain = build_trainer(recipe, plain_cfg)
+    flops = flops_per_step(plain)
+    stages = profile(ProfileConfig(data=(opts.data,), recipe=name, steps=5), plain)["stages_ms"]
+    batches, meter = baseline_batches(plain, opts.workers), Meter()
+    baseline = time_steps(lambda: plain._step(next(batches), Progress(0, 0, steps, 1), meter),
+                          opts.baseline_steps, plain.device)
+
+    bare = time_steps(bare_step(trainer), opts.bare_steps, trainer.device)
+    peak, _ = peak_flops(trainer.device)
+    per_step = seconds / steps
+    return {
+        "seconds_per_epoch": seconds, "images_per_s": steps * opts.batch_size / seconds,
+        "ms_per_step": 1000 * per_step, "peak_memory_mib": peak_memory,
+        "knn_seconds": knn_seconds, "knn_share_every_5_epochs": knn_seconds / (5 * seconds + knn_seconds),
+        "plain_baseline_seconds_per_epoch": statistics.median(baseline) * steps,
+        "bare_ms_per_step": 1000 * statistics.median(bare), "vs_bare": per_step / statistics.median(bare),
+        "stages_ms_uncompiled": stages, "view_share_uncompiled": stages["views"] / sum(stages.values()),
+        "flops_per_step": flops, "mfu": None if peak is None else flops / (per_step * peak),
+    }
+
+
+def bare_step(trainer: Trainer):
+    """Forward+backward of the trainer's (compiled) student backbone alone on 2×batch views."""
+    backbone = trainer.method.student.backbone
+    size = next(iter(trainer.loader.recipe.groups.values())).config.size
+    views = torch.randn(2 * trainer.loader.batch_size // trainer.accelerator.num_processes, 3, size, size,
+                        device=trainer.device).contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with trainer.accelerator.autocast():
+            loss = backbone(views).float().square().mean()
+        loss.backward()
+        backbone.zero_grad(set_to_none=True)
+
+    return step
+
+
+def report(results: dict[str, dict], opts: Options, device_name: str, peak: float | None) -> str:
+    lines = [
+        f"# GPU benchmark: {device_name}, CIFAR-10 ResNet-18, batch {opts.batch_size}, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}",
+        "",
+        f"`python benchmarks/gpu.py --data {opts.data} --batch-size {opts.batch_size}`; MFU: model FLOPs "
+        f"(FlopCounterMode, 2 FLOP per multiply-add, backward included) over "
+        f"{'%.1f TFLOP/s dense bf16' % (peak / 1e12) if peak else 'no known peak'}.",
+        "",
+        "| method | s/epoch | images/s | × bare fwd+bwd | plain baseline s/epoch | speed-up | MFU | "
+        "peak MiB | views share (eager) | kNN share (every 5 epochs) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        memory = "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
+        lines.append(
+            f"| {name} | {r['seconds_per_epoch']:.2f} | {r['images_per_s']:.0f} | {r['vs_bare']:.2f} | "
+            f"{r['plain_baseline_seconds_per_epoch']:.1f} | "
+            f"{r['plain_baseline_seconds_per_epoch'] / r['seconds_per_epoch']:.1f}× | {mfu} | {memory} | "
+            f"{100 * r['view_share_uncompiled']:.1f}% | {100 * r['knn_share_every_5_epochs']:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    opts = parse(Options, None, None, "gpu.py")
+    results = {}
+    with tempfile.TemporaryDirectory() as out_dir:
+        for name in opts.methods:
+            results[name] = measure(name, opts, Path(out_dir))
+            print(name, json.dumps(results[name], indent=1), flush=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak, device_name = peak_flops(device)
+    markdown = report(results, opts, device_name, peak)
+    print(markdown)
+    opts.out.with_suffix(".md").write_text(markdown)
+    record = {"device": device_name, "peak_flops": peak, "date": time.strftime("%Y-%m-%d"),
+              "torch": torch.__version__, "options": {k: str(v) for k, v in dataclasses.asdict(opts).items()},
+              "results": results}
+    opts.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
