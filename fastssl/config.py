@@ -45,7 +45,8 @@ class OptimConfig:
     # the adaptation and the weight decay (solo-learn's exclude_bias_n_norm)
     lars_eta: float = 0.02
     lars_exclude_bias_and_norm: bool = True
-    warmup_epochs: float = 5.0  # linear from 0, then cosine to 0, per step (Mini-SSL)
+    warmup_epochs: float = 5.0  # linear from 0, then the schedule, per step (Mini-SSL)
+    schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up: cosine to 0 (Mini-SSL), or the peak lr
     # Gradient accumulation over micro-batches; refused for every method whose loss depends
     # on the whole batch (in-batch negatives, BN statistics, queues) — all the current ones.
     accumulate_steps: int = 1
@@ -81,6 +82,7 @@ class RunConfig:
     compile: bool | None = None  # torch.compile the student and teacher networks
     cuda_graphs: bool | None = None  # with compile: capture them as CUDA graphs ("reduce-overhead")
     fused_optimizer: bool | None = None  # torch's fused SGD/AdamW kernels
+    fused_views: bool | None = None  # all augmentations of ≤ 64 px views in one Triton launch (CUDA)
     tensorboard: bool = False  # also log metrics as TensorBoard scalars (the [report] extra)
 
 

@@ -38,6 +38,29 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+class _GatherAllGradients(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return gather(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(world_size())[rank()]
+
+
+def gather_with_full_grad(x: Tensor) -> Tensor:
+    """Like ``gather_with_grad`` for a loss that every process computes whole on the
+    gathered batch (Barlow Twins, VICReg: batch statistics, no per-query terms): each slice
+    gets the gradient summed over every process's copy of the loss (VICReg's
+    FullGatherLayer), so after DDP's averaging the parameters get the loss's full gradient
+    rather than 1/world of it."""
+    if world_size() == 1:
+        return x
+    return _GatherAllGradients.apply(x)
+
+
 def convert_sync_bn(module: torch.nn.Module) -> torch.nn.Module:
     """Turn the plain BN layers of a ``sync_bn`` backbone into ``SyncBatchNorm``."""
     if world_size() == 1:

@@ -47,6 +47,12 @@ class ViewConfig:
     std: tuple[float, float, float] = CIFAR10_STD
 
 
+def weak_view() -> ViewConfig:
+    """Mini-SSL's weak teacher view (``get_weak_augment``): crop (0.2–1) and a flip with
+    p 0.9 (sic), no colour — for ReSSL, MSF and SCE."""
+    return ViewConfig(flip_p=0.9, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+
+
 @dataclass
 class ViewParams:
     """Every view's random parameters (view-major), drawn on the CPU."""
@@ -111,6 +117,9 @@ class ViewPipeline:
         self.runs = [(_sampling_ops(cfg), len(list(run))) for cfg, run in itertools.groupby(configs)]
         self.crop, self.flip, self.jitter, self.grayscale, self.blur, self.solarize = self.runs[0][0]
         self.normalize = Normalize(c.mean, c.std)
+        # Set by the trainer: the fused CUDA kernel on or off, and the views' dtype (bf16
+        # under bf16 autocast: the backbone's first convolution reads them as they are).
+        self.fused, self.out_dtype = True, torch.float32
 
     def __call__(self, images: Tensor, sizes: Tensor, generator: torch.Generator) -> tuple[Tensor, ViewMeta]:
         """uint8 N×3×H×W (padded; ``sizes`` N×2 on the CPU) → (count·N)×3×s×s views."""
@@ -133,9 +142,19 @@ class ViewPipeline:
             )
         return parts[0] if len(parts) == 1 else ViewParams.concatenate(parts)
 
-    def apply(self, images: Tensor, params: ViewParams) -> tuple[Tensor, ViewMeta]:
-        """The views of ``images`` (uint8 or float N×3×H×W) with ``params``: float,
-        normalised, channels-last, view-major (view k of image i at row k·N + i)."""
+    def apply(self, images: Tensor, params: ViewParams, sizes: Tensor | None = None) -> tuple[Tensor, ViewMeta]:
+        """The views of ``images`` (uint8 or float N×3×H×W; ``sizes`` N×2 on the CPU where
+        the batch is padded) with ``params``: float, normalised, channels-last, view-major
+        (view k of image i at row k·N + i). On CUDA, small images take the one-launch Triton
+        kernel (``pipelines/fused.py``, in ``out_dtype``), else one batched op after another."""
+        if self.fused and images.is_cuda:
+            from pipelines.fused import fused_views, fused_views_supported  # Triton: imported on CUDA only
+
+            if fused_views_supported(images, self.config):
+                if sizes is None:
+                    sizes = torch.tensor([list(images.shape[-2:])]).expand(images.shape[0], 2)
+                views = fused_views(images, sizes, params, self.config, self.count, self.out_dtype)
+                return views, self._meta(params, images.device)
         sources = torch.cat([images] * self.count)  # view-major; keeps channels-last memory
         # Every op after the crop works in place on the crop's fresh output.
         views = self.crop(sources, params.crop, params.flip)  # the flip folded into the crop
@@ -144,9 +163,11 @@ class ViewPipeline:
         views = self.blur(views, params.blur_sigma, inplace=True)
         views = self.solarize(views, params.solarize, inplace=True)
         views = self.normalize(views, inplace=True)
-        device = images.device
-        meta = ViewMeta(params.crop.boxes.to(device, non_blocking=True), params.flip.to(device, non_blocking=True))
-        return views, meta
+        return views.to(self.out_dtype), self._meta(params, images.device)
+
+    @staticmethod
+    def _meta(params: ViewParams, device: torch.device) -> ViewMeta:
+        return ViewMeta(params.crop.boxes.to(device, non_blocking=True), params.flip.to(device, non_blocking=True))
 
 
 class ViewRecipe:
@@ -170,8 +191,13 @@ class ViewRecipe:
             if n != total:
                 rows = torch.arange(offset, offset + n) + total * torch.arange(pipeline.count)[:, None]
                 params = params.take(rows.flatten())
-            views[name], meta[name] = pipeline.apply(images, params)
+            views[name], meta[name] = pipeline.apply(images, params, sizes[offset : offset + n])
         return views, meta
+
+    def configure(self, fused: bool, out_dtype: torch.dtype) -> None:
+        """The fused CUDA kernel on or off, and the dtype the views are made in."""
+        for pipeline in self.groups.values():
+            pipeline.fused, pipeline.out_dtype = fused, out_dtype
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -42,3 +42,34 @@ def test_two_processes_match_one(tiny_dataset, tmp_path):
     # Evaluation uses each run's running statistics, so kNN accuracy is close, not equal.
     assert abs(single_summary["knn"]["student"]["before_training"]
                - double_summary["knn"]["student"]["before_training"]) == 0
+
+
+def _full_gather_gradient(rank, world, port, out):
+    import torch.distributed as dist
+
+    from fastssl.distributed import gather_with_full_grad
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    x = torch.arange(12.0).view(6, 2)[3 * rank : 3 * rank + 3].clone().requires_grad_()
+    everything = gather_with_full_grad(x)
+    loss = (everything.T @ everything).square().sum()  # a whole-batch statistic, as Barlow's
+    loss.backward()
+    torch.save(x.grad, out / f"grad{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_full_gather_gives_each_slice_the_gradient_of_the_whole_loss(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_full_gather_gradient, args=(2, port, tmp_path), nprocs=2)
+    x = torch.arange(12.0).view(6, 2).requires_grad_()
+    (x.T @ x).square().sum().backward()
+    gathered = torch.cat([torch.load(tmp_path / f"grad{r}.pt") for r in range(2)])
+    # each process's copy of the loss contributes, so the sum over processes is 2×; DDP's
+    # averaging over the 2 processes then gives exactly the single-process gradient
+    torch.testing.assert_close(gathered, 2 * x.grad)

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.config import OptimConfig
+from fastssl.models.heads import Prototypes
 from fastssl.train.optim import decay_groups
 from pipelines.batch import ViewBatch
 
@@ -45,7 +47,7 @@ class Encoded(NamedTuple):
     features: Tensor  # pooled backbone features, N×D
     projection: Tensor  # the projection head's output
     prediction: Tensor | None = None  # the predictor's output (BYOL, SimSiam, …), if any
-    feature_map: Tensor | None = None  # the last feature map N×D×h×w, when asked (VICRegL)
+    feature_map: Tensor | None = None  # a feature map N×D×h×w, when asked (VICRegL: its cells' local embeddings)
 
 
 class Encoder(nn.Module):
@@ -66,6 +68,22 @@ class Encoder(nn.Module):
         projection = self.projector(features)
         prediction = None if self.predictor is None else self.predictor(projection)
         return Encoded(features, projection, prediction, feature_map)
+
+
+class PrototypeEncoder(Encoder):
+    """Backbone and projection head, the projection L2-normalised and scored against the
+    prototypes: ``projection`` is the unit z, ``prediction`` its K scores."""
+
+    prototypes: Prototypes
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, prototypes: Prototypes) -> None:
+        super().__init__(backbone, projector)
+        self.prototypes = prototypes
+
+    def forward(self, images: Tensor, with_map: bool = False) -> Encoded:
+        features, projection, _, feature_map = super().forward(images, with_map)
+        z = F.normalize(projection, dim=1)
+        return Encoded(features, z, self.prototypes(z), feature_map)
 
 
 class EMATeacher(nn.Module):
@@ -102,6 +120,20 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor, *args, **kwargs):
         return self.network(images, *args, **kwargs)
+
+    @torch.no_grad()
+    def projections(self, images: Tensor, views: int, shuffle_bn: bool = True) -> Tensor:
+        """The projections of ``images`` (``views`` views stacked view-major); with
+        ``shuffle_bn`` the images are shuffled within each view first, so the teacher's BN
+        groups hold a different mix of images than the student's (MoCo's shuffling BN,
+        He et al. 2020, §3.3), and put back in order after."""
+        if not shuffle_bn:
+            return self(images).projection
+        n = images.shape[0] // views
+        order = torch.argsort(torch.rand(views, n, device=images.device), dim=1)
+        order = (order + n * torch.arange(views, device=images.device)[:, None]).flatten()
+        shuffled = self(images[order]).projection
+        return torch.empty_like(shuffled).index_copy_(0, order, shuffled)
 
 
 class Method(nn.Module):

@@ -20,6 +20,9 @@ class FeatureQueue(nn.Module):
     see the memory as it was before it.
     """
 
+    features: Tensor
+    pointer: Tensor
+
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
         self.register_buffer("features", F.normalize(torch.randn(size, dim), dim=1))

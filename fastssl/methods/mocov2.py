@@ -49,23 +49,11 @@ class MoCoV2(Method):
     def before_step(self, progress: Progress) -> None:
         self.teacher.update(self.student)  # type: ignore[union-attr]
 
-    @torch.no_grad()
-    def keys(self, images: Tensor, views: int) -> Tensor:
-        """Key projections, with the batch shuffled within each view so every BN group of
-        the key encoder sees a different mix of images than the query encoder's."""
-        if not self.cfg.shuffle_bn:
-            return self.teacher(images).projection  # type: ignore[misc]
-        n = images.shape[0] // views
-        order = torch.argsort(torch.rand(views, n, device=images.device), dim=1)
-        order = (order + n * torch.arange(views, device=images.device)[:, None]).flatten()
-        shuffled = self.teacher(images[order]).projection  # type: ignore[misc]
-        return torch.empty_like(shuffled).index_copy_(0, order, shuffled)
-
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]
         features, queries, _, _ = self.encode(images)
         q1, q2 = queries.chunk(2)
-        k1, k2 = self.keys(images, 2).chunk(2)
+        k1, k2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)  # type: ignore[union-attr]
         # Both directions see the queue as it was before this step (Mini-SSL's later commit);
         # the new keys go in after the optimiser step.
         negatives = self.queue.features

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def mlp(
@@ -32,3 +34,20 @@ def mlp(
         if not last:
             layers.append(activation(inplace=True) if activation is nn.ReLU else activation())
     return nn.Sequential(*layers)
+
+
+class Prototypes(nn.Linear):
+    """K prototype vectors as the rows of a weight-normalised linear layer whose gain is
+    fixed at 1 (W = V / ‖V‖ row by row): the scores of a unit vector are cosines. SwAV's
+    prototypes C and DINO's last layer."""
+
+    def __init__(self, dim: int, count: int) -> None:
+        super().__init__(dim, count, bias=False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return F.linear(z, F.normalize(self.weight, dim=1))
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """Put V itself back on the unit sphere (SwAV's step before each iteration)."""
+        self.weight.copy_(F.normalize(self.weight, dim=1))

@@ -126,6 +126,8 @@ class Trainer:
                 "or --run.name to start another"
             )
 
+        switch = lambda value, default: default if value is None else value  # noqa: E731
+        views.configure(switch(cfg.run.fused_views, cuda), torch.bfloat16 if precision == "bf16" else torch.float32)
         self.loader = Loader(
             cfg.data, views, cfg.optim.batch_size, self.device, cfg.run.seed,
             acc.process_index, acc.num_processes, cfg.train_splits,
@@ -156,7 +158,6 @@ class Trainer:
         self.method.bind_student(acc.prepare_model(self.method.student))
         self.probe = OnlineProbe(backbone.feature_dim, self.info.num_classes).to(self.device)
         self.probe_call = acc.prepare_model(self.probe)
-        switch = lambda value, default: default if value is None else value  # noqa: E731
         self.optimizer = build_optimizer(self.method.param_groups(o), o, fused=switch(cfg.run.fused_optimizer, cuda))
         if switch(cfg.run.compile, cuda):
             # In place (nn.Module.compile), so state-dict keys and checkpoints are unchanged.
@@ -272,9 +273,8 @@ class Trainer:
         if not self.cfg.run.channels_last:  # the NCHW baseline of the benchmarks
             batch = dataclasses.replace(batch, views={k: v.contiguous() for k, v in batch.views.items()})
         total = o.epochs * self.steps_per_epoch
-        lr = warmup_cosine(
-            progress.global_step, total, round(o.warmup_epochs * self.steps_per_epoch), o.lr
-        )
+        warmup = round(o.warmup_epochs * self.steps_per_epoch)
+        lr = warmup_cosine(progress.global_step, total, warmup, o.lr, cosine=o.schedule == "cosine")
         for group in self.optimizer.param_groups:
             group["lr"] = o.lr if group.get("fixed_lr", False) else lr
         self.method.before_step(progress)

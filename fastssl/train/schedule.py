@@ -6,11 +6,15 @@ from __future__ import annotations
 import math
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0) -> float:
+def warmup_cosine(
+    step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0, cosine: bool = True
+) -> float:
     """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine to ``final``
-    (Mini-SSL's ``cosine_scheduler``, per iteration)."""
+    (Mini-SSL's ``cosine_scheduler``, per iteration), or ``peak`` throughout if not ``cosine``."""
     if step < warmup_steps:
         return peak * step / warmup_steps
+    if not cosine:
+        return peak
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
 

@@ -82,3 +82,11 @@ def test_schedules():
     assert cosine_ramp(0.99, 1.0, 1.0) == pytest.approx(1.0)
     assert cosine_ramp(0.99, 1.0, 0.25) == pytest.approx(1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2)
     assert linear_ramp(0.04, 0.07, 0.5) == pytest.approx(0.055) and linear_ramp(0.04, 0.07, 3.0) == 0.07
+
+
+def test_warmup_then_cosine_or_constant():
+    from fastssl.train.schedule import warmup_cosine
+
+    assert warmup_cosine(5, 100, 10, 0.4) == pytest.approx(0.2)
+    assert warmup_cosine(55, 100, 10, 0.4) == pytest.approx(0.2)  # half-way through the cosine
+    assert warmup_cosine(99, 100, 10, 0.4, cosine=False) == 0.4

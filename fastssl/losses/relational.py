@@ -1,0 +1,66 @@
+"""Relational losses: the student matches a teacher's distribution of similarities to a
+memory of past teacher embeddings, instead of (ReSSL) or besides (SCE) singling out its
+positive. Inputs are projections; they are L2-normalised and upcast to fp32 here, since a
+softmax over thousands of memory slots at τ = 0.04 loses precision in bf16. The teacher
+side (key and memory) is a target: no gradient reaches it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _unit(x: Tensor) -> Tensor:
+    return F.normalize(x.float(), dim=1)
+
+
+def ressl_loss(query: Tensor, key: Tensor, memory: Tensor, temperature: float, teacher_temperature: float) -> Tensor:
+    """ReSSL (Zheng et al., 2021), Eq. 4–5: the relation of an embedding z to the memory
+    {m_1 … m_K} is p_i(z, τ) = exp(z·m_i/τ) / Σ_j exp(z·m_j/τ), and
+
+        L = −Σ_i p_i(k, τ_t) · log p_i(q, τ_s)
+
+    the cross-entropy from the teacher's relation of ``key`` (sharpened: τ_t < τ_s) to the
+    student's of ``query``. The relation is over the memory only: the positive is not in it.
+    ``query``, ``key``: N×D, row i of ``key`` from the other view of row i's image;
+    ``memory``: K×D. Mean over the N queries.
+    """
+    q, k, m = _unit(query), _unit(key).detach(), _unit(memory).detach()
+    target = F.softmax(k @ m.T / teacher_temperature, dim=1)
+    return -(target * F.log_softmax(q @ m.T / temperature, dim=1)).sum(1).mean()
+
+
+def sce_target(key: Tensor, memory: Tensor, teacher_temperature: float, coefficient: float) -> Tensor:
+    """SCE (Denize et al., 2023), Eq. 5–6: the target over the candidates [k, m_1 … m_K],
+
+        w_+ = λ,   w_i = (1 − λ) · exp(k·m_i/τ_m) / Σ_j exp(k·m_j/τ_m)
+
+    λ on the positive (the one-hot, Eq. 6) plus 1 − λ spread over the memory by the
+    teacher's similarities, in which the positive's similarity to itself is masked (Eq. 5:
+    it gets no relational mass). Each row sums to 1. N×(1+K), no gradient.
+    """
+    k, m = _unit(key).detach(), _unit(memory).detach()
+    relation = F.softmax(k @ m.T / teacher_temperature, dim=1)
+    return torch.cat([torch.full_like(relation[:, :1], coefficient), (1 - coefficient) * relation], dim=1)
+
+
+def sce_loss(
+    query: Tensor, key: Tensor, memory: Tensor, temperature: float, teacher_temperature: float, coefficient: float
+) -> Tensor:
+    """SCE (Denize et al., 2023), Eq. 5–7: the cross-entropy from ``sce_target`` to the
+    student's softmax over the same candidates,
+
+        s_+ = exp(q·k/τ) / Z,   s_i = exp(q·m_i/τ) / Z,   L = −(w_+ log s_+ + Σ_i w_i log s_i)
+
+    λ = 1 is MoCo's InfoNCE; λ = 0 is ReSSL's relation with the positive among the
+    candidates. SCE's and Mini-SSL's code put a similarity of 0 in the positive's teacher
+    slot rather than masking it, which leaves it e^0/Z of the relational mass (negligible
+    at τ_m = 0.05 against thousands of memory slots); fastssl follows Eq. 5.
+    ``query``, ``key``: N×D; ``memory``: K×D. Mean over the N queries.
+    """
+    q, k, m = _unit(query), _unit(key).detach(), _unit(memory).detach()
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ m.T], dim=1) / temperature
+    target = sce_target(k, m, teacher_temperature, coefficient)
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()

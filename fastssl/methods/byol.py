@@ -1,0 +1,63 @@
+"""BYOL — "Bootstrap Your Own Latent" (Grill et al., 2020).
+
+An online network (backbone, projector, predictor q_θ) predicts the projection that a
+target network, its exponential moving average without the predictor, makes of the other
+view of the image. No negatives: the predictor and the slowly moving target keep the
+representation from collapsing. The loss (Eq. 2) is the squared distance of the unit
+vectors, 2 − 2·cos(q_θ(z_θ), z′_ξ); both views take each role and the two directions are
+averaged (Mini-SSL's ``--symmetric``; the paper adds them, §3.1 — an lr factor of 2).
+
+The target's momentum τ rises from τ_base to 1 along a half cosine over training
+(§3.3: τ = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2). The EMA is applied before each forward
+pass (Mini-SSL, as MoCo), with the momentum of that step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastssl.losses.cosine import normalized_l2
+from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
+from fastssl.models.heads import mlp
+from fastssl.train.schedule import cosine_ramp
+from pipelines.batch import ViewBatch
+
+
+@dataclass(frozen=True)
+class BYOLConfig:
+    momentum: float = 0.99  # τ_base (solo-learn CIFAR, Mini-SSL CIFAR; the paper's ImageNet 0.996)
+    # τ at the end of training: 1 as the paper and solo-learn; 0.99 keeps it constant (Mini-SSL)
+    momentum_final: float = 1.0
+    # Projector 512→2048 (BN, ReLU)→128 and predictor 128→2048 (BN, ReLU)→128 (Mini-SSL
+    # BYOL.py; the paper: 4096 hidden, 256 out). The hidden layers keep their bias before
+    # BN, which BN cancels: the same function as Mini-SSL's bias-free ones.
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    pred_hidden: int = 2048
+
+
+class BYOL(Method):
+    teacher: EMATeacher
+
+    def __init__(self, cfg: BYOLConfig, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim], hidden_bn=True)
+        predictor = mlp([cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim], hidden_bn=True)
+        self.student = Encoder(backbone, projector, predictor)
+        self.teacher = EMATeacher(self.student, cfg.momentum, without=("predictor",))
+
+    def before_step(self, progress: Progress) -> None:
+        self.teacher.set_momentum(cosine_ramp(self.cfg.momentum, self.cfg.momentum_final, progress.fraction))
+        self.teacher.update(self.student)
+
+    def forward(self, batch: ViewBatch) -> MethodOutput:
+        images = batch.views["global"]
+        features, projections, predictions, _ = self.encode(images)
+        p1, p2 = predictions.chunk(2)  # type: ignore[union-attr]
+        z1, z2 = self.teacher(images).projection.chunk(2)
+        loss = 0.5 * (normalized_l2(p1, z2) + normalized_l2(p2, z1))
+        metrics = {"ema_momentum": self.teacher.momentum.clone()}  # a copy: the buffer changes next step
+        return MethodOutput(loss, metrics, features.detach(), projections.chunk(2)[0].detach())

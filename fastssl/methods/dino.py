@@ -1,0 +1,125 @@
+"""DINO — "Emerging Properties in Self-Supervised Vision Transformers" (Caron et al., 2021),
+with solo-learn's CIFAR settings (ResNet-18) or the paper's AdamW (ViT).
+
+Self-distillation with no labels: a student g_s and a teacher g_t of the same architecture
+— backbone, a 3-layer GELU head ending in an L2-normalised bottleneck, then a
+weight-normalised layer to K outputs — see different views of an image. The student's
+softmax over the K outputs (temperature τ_s) must match the teacher's on the other views
+(Eq. 1, 3); the teacher sees only the global views, the student all views (multi-crop).
+The teacher is no network of its own: its weights are an exponential moving average of
+the student's, λ rising from 0.9995 to 1 along a cosine, applied after each student
+update (Algorithm 1). Collapse is avoided by centring and sharpening the teacher's output:
+a centre C, the running mean of the teacher's outputs over the global batch (momentum
+m = 0.9), is subtracted, and τ_t is low (0.04 rising to 0.07 over the first epochs).
+The last layer is frozen during the first epoch, which the paper found to stabilise training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fastssl.config import OptimConfig
+from fastssl.distributed import gather
+from fastssl.losses.dino import dino_loss
+from fastssl.methods.base import EMATeacher, Method, MethodOutput, Progress, PrototypeEncoder
+from fastssl.models.heads import Prototypes, mlp
+from fastssl.train.schedule import cosine_ramp, linear_ramp
+from pipelines.batch import ViewBatch
+
+
+@dataclass(frozen=True)
+class DINOConfig:
+    student_temperature: float = 0.1  # τ_s (paper; solo-learn)
+    # τ_t rises linearly, per epoch, from the first value to the second over the warm-up epochs
+    # (paper's schedule with solo-learn's CIFAR values; solo-learn warms up over 50 of its
+    # 1000 epochs, scaled to fastssl's 200; the paper 30 of 100–300 ImageNet epochs).
+    teacher_temperature_start: float = 0.04
+    teacher_temperature: float = 0.07
+    teacher_temperature_warmup_epochs: int = 10
+    momentum: float = 0.9995  # teacher EMA λ at the start, cosine to momentum_final (solo-learn CIFAR)
+    momentum_final: float = 1.0  # (paper; solo-learn)
+    center_momentum: float = 0.9  # m of the centre C (paper; solo-learn)
+    # Head 512→2048→2048→256 with GELU, no BN, then a weight-normalised 256→K layer
+    # (paper; solo-learn CIFAR with K 4096, the paper's ImageNet K is 65536).
+    proj_hidden: int = 2048
+    proj_dim: int = 256
+    prototypes: int = 4096
+    freeze_last_layer_epochs: int = 1  # (paper; solo-learn)
+
+
+class DINO(Method):
+    student: PrototypeEncoder
+    teacher: EMATeacher
+    center: Tensor  # C, a buffer
+    teacher_temperature: Tensor  # τ_t of this epoch, a buffer
+
+    def __init__(self, cfg: DINOConfig, backbone: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        head = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_hidden, cfg.proj_dim], activation=nn.GELU)
+        for layer in head:  # the official head's initialisation (truncated normal, σ 0.02)
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+        self.student = PrototypeEncoder(backbone, head, Prototypes(cfg.proj_dim, cfg.prototypes))
+        self.teacher = EMATeacher(self.student, cfg.momentum)
+        self.register_buffer("center", torch.zeros(cfg.prototypes))
+        self.register_buffer("teacher_temperature", torch.tensor(cfg.teacher_temperature_start))
+        self.epoch = 0  # of the current step, from the host's Progress: no device read decides a switch
+        self._teacher_outputs: Tensor | None = None
+
+    def before_step(self, progress: Progress) -> None:
+        self.epoch = progress.epoch
+        cfg, warmup = self.cfg, self.cfg.teacher_temperature_warmup_epochs
+        # linspace(start, final, warm-up epochs)[epoch], then final: the official schedule
+        fraction = progress.epoch / (warmup - 1) if warmup > 1 else 1.0
+        self.teacher_temperature.fill_(linear_ramp(cfg.teacher_temperature_start, cfg.teacher_temperature, fraction))
+
+    def forward(self, batch: ViewBatch) -> MethodOutput:
+        n, k = batch.batch_size, self.cfg.prototypes
+        images = batch.views["global"]
+        global_views = self.encode(images)  # one backbone call per resolution
+        outputs = [global_views.prediction]
+        local = batch.views.get("local")
+        if local is not None:
+            outputs.append(self.encode(local).prediction)
+        student = torch.cat(outputs).view(-1, n, k)  # V×N×K, the two global views first
+        teacher = self.teacher(images).prediction
+        loss = dino_loss(
+            student, teacher.view(2, n, k), self.center, self.cfg.student_temperature, self.teacher_temperature
+        )
+        self._teacher_outputs = teacher
+        # copies: the buffers change before the metrics are read
+        metrics = {"teacher_temperature": self.teacher_temperature.clone(),
+                   "ema_momentum": self.teacher.momentum.clone()}
+        return MethodOutput(loss, metrics, global_views.features.detach(), global_views.projection[:n].detach())
+
+    def after_backward(self) -> None:
+        """No update of the last layer in the first epoch(s): its gradients are dropped, so the
+        optimiser skips it (no step, no weight decay, no momentum), as the official code does."""
+        if self.epoch < self.cfg.freeze_last_layer_epochs:
+            self.student.prototypes.weight.grad = None
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: Progress) -> None:
+        """Algorithm 1 after the student's update: the teacher's EMA, then the centre."""
+        self.teacher.set_momentum(cosine_ramp(self.cfg.momentum, self.cfg.momentum_final, progress.fraction))
+        self.teacher.update(self.student)
+        # Processes hold equal shares of the batch: the mean of their means is the batch mean.
+        batch_mean = gather(self._teacher_outputs.float().mean(0, keepdim=True)).mean(0)  # type: ignore[union-attr]
+        self.center.lerp_(batch_mean, 1.0 - self.cfg.center_momentum)
+        self._teacher_outputs = None
+
+    def param_groups(self, cfg: OptimConfig) -> list[dict]:
+        """With AdamW (the paper's ViT optimiser), biases and norm parameters are not decayed
+        (the official ``get_params_groups``); LARS and SGD as every method."""
+        if cfg.optimizer != "adamw":
+            return super().param_groups(cfg)
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]

@@ -1,0 +1,88 @@
+"""MoCo v3 — "An Empirical Study of Training Self-Supervised Vision Transformers"
+(Chen, Xie & He, 2021).
+
+MoCo without a queue: the keys are the momentum encoder's projections of the other view
+of every image in the (global) batch, and the queries are the online predictor's outputs
+(BYOL's asymmetry). InfoNCE with in-batch negatives (Eq. 1), scaled by 2τ (Algorithm 1
+and the authors' code: it cancels the 1/τ of the logits in the gradient), and symmetrised
+by summing the two directions (Algorithm 1: ``loss = ctr(q1, k2) + ctr(q2, k1)``):
+
+    L = 2τ·[CE(q₁·k₂ᵀ/τ) + CE(q₂·k₁ᵀ/τ)],   positives on the diagonal.
+
+The keys carry no gradient, so they are gathered from every process without one; a
+process's positives start at rank·n among them. The momentum encoder (backbone and
+projector, no predictor) follows the online one with m rising from 0.99 to 1 along a half
+cosine (the authors' ``--moco-m-cos``), applied before each forward pass as in their code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fastssl.distributed import gather, rank
+from fastssl.losses.infonce import Backend, batch_info_nce
+from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
+from fastssl.models.heads import mlp
+from fastssl.train.schedule import cosine_ramp
+from pipelines.batch import ViewBatch
+
+
+@dataclass(frozen=True)
+class MoCoV3Config:
+    temperature: float = 0.2  # τ (solo-learn CIFAR; the paper's ViTs 0.2, its ResNet-50 1.0)
+    momentum: float = 0.99  # m at the start (the paper and solo-learn CIFAR)
+    momentum_final: float = 1.0  # m at the end of the half cosine (the paper, solo-learn)
+    # Heads as the authors' _build_mlp (no biases, BN and ReLU on hidden layers): projector
+    # backbone→4096→256 ending in BN without affine, predictor 256→4096→256. ResNet: a
+    # 2-layer projector and a predictor without output BN; ViT: 3 layers and output BN.
+    proj_layers: int = 2
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    pred_hidden: int = 4096
+    pred_last_bn: bool = False
+    # InfoNCE log-sum-exp: auto (fused Triton kernel on CUDA, else plain) | plain | chunked | fused
+    loss_backend: Backend = "auto"
+
+
+def _heads(cfg: MoCoV3Config, feature_dim: int) -> tuple[torch.nn.Sequential, torch.nn.Sequential]:
+    projector = mlp(
+        [feature_dim] + [cfg.proj_hidden] * (cfg.proj_layers - 1) + [cfg.proj_dim],
+        hidden_bn=True, last_bn=True, bias=False, last_bn_affine=False,
+    )
+    predictor = mlp(
+        [cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim],
+        hidden_bn=True, last_bn=cfg.pred_last_bn, bias=False, last_bn_affine=False,
+    )
+    return projector, predictor
+
+
+class MoCoV3(Method):
+    teacher: EMATeacher
+
+    def __init__(self, cfg: MoCoV3Config, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.student = Encoder(backbone, *_heads(cfg, backbone.feature_dim))
+        self.teacher = EMATeacher(self.student, cfg.momentum, without=("predictor",))
+
+    def before_step(self, progress: Progress) -> None:
+        self.teacher.set_momentum(cosine_ramp(self.cfg.momentum, self.cfg.momentum_final, progress.fraction))
+        self.teacher.update(self.student)
+
+    def contrastive(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """2τ·InfoNCE of this process's ``queries`` against every process's ``keys``."""
+        tau = self.cfg.temperature
+        offset = rank() * len(queries)
+        return 2 * tau * batch_info_nce(queries, gather(keys), tau, offset, self.cfg.loss_backend)
+
+    def forward(self, batch: ViewBatch) -> MethodOutput:
+        images = batch.views["global"]
+        features, projections, queries, _ = self.encode(images)
+        q1, q2 = queries.chunk(2)  # type: ignore[union-attr]
+        k1, k2 = self.teacher(images).projection.chunk(2)
+        loss = self.contrastive(q1, k2) + self.contrastive(q2, k1)
+        metrics = {"ema_momentum": self.teacher.momentum.clone()}  # a copy: the buffer changes next step
+        return MethodOutput(loss, metrics, features.detach(), projections.chunk(2)[0].detach())

@@ -1,0 +1,67 @@
+"""SimSiam — "Exploring Simple Siamese Representation Learning" (Chen & He, 2021).
+
+BYOL without the momentum encoder: one encoder f (backbone and projector) sees both views,
+a predictor h maps one view's projection onto the other's, and a stop-gradient on the
+target side is all that prevents collapse (§4.1). Symmetric loss (Eq. 4):
+
+    L = ½·D(p₁, stopgrad(z₂)) + ½·D(p₂, stopgrad(z₁)),   D = negative cosine (Eq. 1).
+
+The projector ends in a BN and no ReLU (§3), without affine parameters (the authors' code;
+"not necessary", §4.4). The predictor is a bottleneck (2048→512→2048, BN and ReLU on the
+hidden layer only, §3) whose learning rate is not decayed (Table 1c, "lr not decayed",
+used from §4.2 on; the authors' ``--fix-pred-lr``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+
+import torch
+
+from fastssl.config import OptimConfig
+from fastssl.losses.cosine import negative_cosine
+from fastssl.methods.base import Encoder, Method, MethodOutput
+from fastssl.models.heads import mlp
+from fastssl.train.optim import decay_groups
+from pipelines.batch import ViewBatch
+
+
+@dataclass(frozen=True)
+class SimSiamConfig:
+    # CIFAR (Appendix D): "a 2-layer projection MLP. The outputs are 2048-d" — 512→2048
+    # (BN, ReLU)→2048 (BN without affine), no biases (the authors' code).
+    proj_hidden: int = 2048
+    proj_dim: int = 2048
+    pred_hidden: int = 512  # the predictor's bottleneck (§3, "h's hidden layer's dimension is 512")
+    predictor_fixed_lr: bool = True  # the peak lr throughout, not the schedule (Table 1c)
+
+
+class SimSiam(Method):
+    def __init__(self, cfg: SimSiamConfig, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        projector = mlp(
+            [backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim],
+            hidden_bn=True, last_bn=True, bias=False, last_bn_affine=False,
+        )
+        # The hidden layer keeps a bias before its BN (which cancels it): the output layer
+        # needs one, and ``mlp`` sets biases for every layer.
+        predictor = mlp([cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim], hidden_bn=True)
+        self.student = Encoder(backbone, projector, predictor)
+        self.teacher = None
+
+    def param_groups(self, cfg: OptimConfig) -> list[dict]:
+        """The encoder on the schedule; the predictor at the peak lr when ``predictor_fixed_lr``."""
+        student = self.student
+        encoder = chain(student.backbone.parameters(), student.projector.parameters())
+        predictor = student.predictor.parameters()  # type: ignore[union-attr]
+        return decay_groups(encoder, cfg) + decay_groups(predictor, cfg, fixed_lr=self.cfg.predictor_fixed_lr)
+
+    def forward(self, batch: ViewBatch) -> MethodOutput:
+        features, projections, predictions, _ = self.encode(batch.views["global"])
+        z1, z2 = projections.chunk(2)
+        p1, p2 = predictions.chunk(2)  # type: ignore[union-attr]
+        # negative_cosine stops the gradient at its target: z reaches the loss only through p.
+        loss = 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
+        return MethodOutput(loss, {}, features.detach(), z1.detach())

@@ -1,0 +1,106 @@
+"""SwAV — "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments"
+(Caron et al., 2020), with solo-learn's CIFAR settings.
+
+Each view's projection z (unit length) is scored against K learnable prototypes c_k. The
+codes q of a global view are the soft assignment of the batch to the prototypes under an
+equipartition constraint, computed without gradient by three Sinkhorn–Knopp iterations
+(Eq. 3); every other view must predict them from its own scores (the swapped prediction,
+Eq. 1–2). With multi-crop (§3.2) the local views only predict: codes come from the global
+views alone.
+
+Three details from the paper's training loop: the prototypes are projected back onto the
+unit sphere before every step; their gradients are dropped for the first epochs, while the
+assignments are still random; and since a batch is small next to K prototypes, the codes
+are computed over a queue of recent projections too (§3.1, "Working with small batches"),
+scored with the current prototypes, their codes discarded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fastssl.distributed import rank, world_size
+from fastssl.losses.swav import sinkhorn_knopp, swapped_prediction
+from fastssl.methods.base import Method, MethodOutput, Progress, PrototypeEncoder
+from fastssl.methods.memory import FeatureQueue
+from fastssl.models.heads import Prototypes, mlp
+from pipelines.batch import ViewBatch
+
+
+@dataclass(frozen=True)
+class SwAVConfig:
+    temperature: float = 0.1  # τ of the swapped prediction (paper; solo-learn CIFAR)
+    epsilon: float = 0.05  # ε, the entropy weight of the codes (paper; solo-learn)
+    sinkhorn_iterations: int = 3  # (paper; solo-learn)
+    prototypes: int = 3000  # K (paper; solo-learn CIFAR)
+    proj_hidden: int = 2048  # projection 512→2048 (BN, ReLU)→128 (paper; solo-learn CIFAR)
+    proj_dim: int = 128
+    # Past projections per global view added to the assignments (solo-learn CIFAR: 3840;
+    # 0 turns the queue off), from this epoch on (solo-learn: 50 of its 1000 epochs, scaled
+    # to fastssl's 200). Filled from the start, so it is full when first used.
+    queue_size: int = 3840
+    queue_start_epoch: int = 10
+    freeze_prototypes_epochs: int = 2  # no prototype updates before (solo-learn CIFAR; paper: 1 epoch)
+
+
+class SwAV(Method):
+    student: PrototypeEncoder
+
+    def __init__(self, cfg: SwAVConfig, backbone: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim], hidden_bn=True)
+        self.student = PrototypeEncoder(backbone, projector, Prototypes(cfg.proj_dim, cfg.prototypes))
+        self.teacher = None
+        # One queue per global view: view v's codes are computed among its own past projections.
+        views_queued = 2 if cfg.queue_size > 0 else 0
+        self.queues = nn.ModuleList(FeatureQueue(cfg.queue_size, cfg.proj_dim) for _ in range(views_queued))
+        self.epoch = 0  # of the current step, from the host's Progress: no device read decides a switch
+        self._new_projections: Tensor | None = None
+
+    def before_step(self, progress: Progress) -> None:
+        self.epoch = progress.epoch
+        self.student.prototypes.normalize_()
+
+    @torch.no_grad()
+    def assign(self, scores: Tensor) -> Tensor:
+        """Codes (2×N×K) of the global views' scores (2×N×K). Once the queue is on, each
+        view's stored projections join its Sinkhorn–Knopp problem; every process takes its
+        share of them, so together they hold each stored projection once."""
+        use_queue = len(self.queues) > 0 and self.epoch >= self.cfg.queue_start_epoch
+        codes = []
+        for view, view_scores in enumerate(scores):
+            if use_queue:
+                stored = self.queues[view].features.tensor_split(world_size())[rank()]
+                view_scores = torch.cat([view_scores, self.student.prototypes(stored).to(view_scores.dtype)])
+            codes.append(sinkhorn_knopp(view_scores, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[: scores.shape[1]])
+        return torch.stack(codes)
+
+    def forward(self, batch: ViewBatch) -> MethodOutput:
+        n, k = batch.batch_size, self.cfg.prototypes
+        global_views = self.encode(batch.views["global"])  # one backbone call per resolution
+        scores = [global_views.prediction]
+        local = batch.views.get("local")
+        if local is not None:
+            scores.append(self.encode(local).prediction)
+        all_scores = torch.cat(scores).view(-1, n, k)  # V×N×K, the two global views first
+        codes = self.assign(all_scores[:2].detach())
+        loss = swapped_prediction(all_scores, codes, self.cfg.temperature)
+        self._new_projections = global_views.projection.detach()
+        return MethodOutput(loss, {}, global_views.features.detach(), global_views.projection[:n].detach())
+
+    def after_backward(self) -> None:
+        """Drop the prototypes' gradients in the first epochs (the optimiser then skips them:
+        no step, no weight decay, no momentum), as the paper and solo-learn do."""
+        if self.epoch < self.cfg.freeze_prototypes_epochs:
+            self.student.prototypes.weight.grad = None
+
+    def after_optimizer_step(self, progress: Progress) -> None:
+        """Store this step's projections of each global view, from every process."""
+        if len(self.queues):
+            for queue, projections in zip(self.queues, self._new_projections.chunk(2), strict=True):  # type: ignore[union-attr]
+                queue.push(projections)
+        self._new_projections = None

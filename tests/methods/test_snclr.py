@@ -1,0 +1,95 @@
+import copy
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from fastssl.losses.neighbours import nearest_neighbours, snclr_loss
+from fastssl.methods.base import Progress
+from fastssl.methods.snclr import SNCLR, SNCLRConfig
+from fastssl.models.resnet import build_backbone
+from pipelines.batch import ViewBatch
+
+PROGRESS = Progress(epoch=0, step=0, steps_per_epoch=1, epochs=1)
+
+
+def small_snclr(**overrides):
+    cfg = SNCLRConfig(memory_size=12, proj_hidden=16, proj_dim=8, pred_hidden=16, top_k=3, **overrides)
+    backbone = build_backbone("resnet18", True, False, 4, "split_bn", 2)
+    return SNCLR(cfg, backbone).to(memory_format=torch.channels_last)
+
+
+def batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    views = torch.randn(2 * n, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    return ViewBatch({"global": views}, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
+
+
+def swapped(b):
+    return ViewBatch({"global": torch.cat(b.views["global"].chunk(2)[::-1])}, b.indices, b.labels, {})
+
+
+def test_no_gradient_reaches_the_teacher_or_the_memory():
+    torch.manual_seed(0)
+    method = small_snclr()
+    method.teacher.requires_grad_(True)  # even were they to ask for one
+    method.memory.features.requires_grad_(True)
+    method(batch()).loss.backward()
+    assert all(p.grad is None for p in method.teacher.parameters())
+    assert method.memory.features.grad is None
+    assert all(p.grad is not None for p in method.student.parameters())
+    assert method.teacher.network.predictor is None and set(method.monitored_backbones()) == {"student", "teacher"}
+
+
+def test_teacher_follows_by_ema_before_the_step():
+    torch.manual_seed(0)
+    method = small_snclr()
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    before = copy.deepcopy(method.teacher.network)
+    method.before_step(PROGRESS)
+    teacher = dict(method.teacher.network.named_parameters())
+    student = dict(method.student.named_parameters())
+    for name, t0 in before.named_parameters():
+        torch.testing.assert_close(teacher[name], 0.99 * t0 + 0.01 * student[name])
+
+
+def test_one_views_prediction_and_projection_meet_the_other_views_target_and_neighbours():
+    torch.manual_seed(0)
+    method = small_snclr(symmetric=False)
+    method.eval()
+    b = batch()
+    _, z, p, _ = method.student(b.views["global"])
+    t2 = method.teacher(b.views["global"]).projection.chunk(2)[1]
+    _, neighbours = nearest_neighbours(t2, method.memory.features, 3)
+    candidates = torch.cat([t2[:, None], neighbours], 1)
+    expected = snclr_loss(p.chunk(2)[0], z.chunk(2)[0], candidates, 0.2)
+    torch.testing.assert_close(method(b).loss, expected)
+
+
+def test_memory_takes_second_view_targets_after_the_step_and_wraps():
+    torch.manual_seed(0)
+    method = small_snclr(shuffle_bn=False)
+    for step in range(4):  # 4 targets per step into 12 slots: the pointer wraps after 3 steps
+        b = batch(seed=step)
+        method.before_step(PROGRESS)
+        before = method.memory.features.clone()
+        method(b)
+        torch.testing.assert_close(method.memory.features, before, rtol=0, atol=0)  # untouched until the step
+        second_view = method.teacher(b.views["global"]).projection.chunk(2)[1]
+        pointer = int(method.memory.pointer)
+        method.after_optimizer_step(PROGRESS)
+        slots = (torch.arange(4) + pointer) % 12
+        torch.testing.assert_close(method.memory.features[slots], F.normalize(second_view, dim=1))
+    assert int(method.memory.pointer) == 16 % 12
+
+
+def test_symmetric_loss_is_mean_of_directions():
+    torch.manual_seed(0)
+    method = small_snclr()
+    method.eval()
+    b = batch()
+    symmetric = method(b).loss
+    method.cfg = dataclasses.replace(method.cfg, symmetric=False)
+    torch.testing.assert_close(symmetric, 0.5 * (method(b).loss + method(swapped(b)).loss))
