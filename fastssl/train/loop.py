@@ -179,6 +179,7 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {
+            "method_name": self.method_name,
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "probe": self.probe.state_dict(),
@@ -326,7 +327,8 @@ class Trainer:
                     speed = window_images / seconds
                     lr = self.optimizer.param_groups[0]["lr"]
                     self._log({"kind": "train", "epoch": epoch, "step": step + 1, "lr": lr,
-                               "images_per_s": round(speed, 1), **values})
+                               "images_per_s": round(speed, 1), "train_seconds": round(self.train_seconds, 2),
+                               **values})
                     bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{speed:.0f}")
                     window_start, window_images = time.perf_counter(), 0
                 out_of_time = run.stop_after_minutes is not None and (

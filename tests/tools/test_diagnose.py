@@ -1,0 +1,66 @@
+"""tools/diagnose.py writes the t-SNE map and the neighbour grid of a trained checkpoint; bad
+input is one error line, status 2 and nothing written."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fastssl.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "32", "--run.eval-batch-size", "32",
+        "--run.no-progress-bar", "--run.log-every-steps", "1", "--optim.epochs", "1", "--method.queue-size", "32"]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+tool = load_tool("diagnose")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_dataset, tmp_path_factory) -> Path:
+    """A finished one-epoch (two-step) MoCo v2 run on the tiny data set."""
+    out = tmp_path_factory.mktemp("runs")
+    load_recipe("mocov2").main(["--data", str(tiny_dataset), "--run.out-dir", str(out), *TINY])
+    return out / "mocov2-tiny" / "checkpoint.pt"
+
+
+def test_writes_both_pngs(checkpoint, tmp_path, capsys):
+    out = tmp_path / "diagnostics"
+    tool.main([str(checkpoint), "--out", str(out), "--queries", "3", "--neighbours", "4", "--tsne-images", "20"])
+    assert sorted(p.name for p in out.iterdir()) == ["neighbours.png", "tsne.png"]  # no temporary left
+    for name in ("tsne.png", "neighbours.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    with Image.open(out / "neighbours.png") as grid:
+        assert grid.size[0] > grid.size[1]  # 3 rows of 1 query + 4 neighbours
+    assert "tsne.png" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys):
+    out = tmp_path / "diagnostics"
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    for args, expected in [
+        ([str(tmp_path / "missing.pt")], "no such file"),
+        ([str(tmp_path / "notes.txt")], "not a fastssl checkpoint"),
+        ([str(checkpoint), "--queries", "0"], "at least 1"),
+        ([str(checkpoint), "--neighbours", "65"], "--neighbours 65"),
+        ([str(checkpoint), "--data", str(tmp_path / "nowhere")], "not a converted data set"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            tool.main([*args, "--out", str(out)])
+        assert exit_.value.code == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("diagnose.py: error:") and "\n" not in err and expected in err, (args, err)
+    assert not out.exists()

@@ -1,0 +1,148 @@
+"""Export: the student backbone loads strictly into torchvision's ResNet (CIFAR-adapted as the
+model card says) and timm's ViT with identical features; the model card's fields; bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastssl.config import ModelConfig, TrainConfig
+from fastssl.export import export, load_backbone
+from fastssl.models.backbone import backbone_from_config
+from fastssl.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "32", "--run.eval-batch-size", "32",
+        "--run.no-progress-bar", "--run.log-every-steps", "1", "--optim.epochs", "1", "--method.queue-size", "32"]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+tool = load_tool("export")
+
+
+def built_model(card: dict, folder: Path, monkeypatch) -> torch.nn.Module:
+    """The model the card's ``weights.build`` lines make, run in the export folder."""
+    monkeypatch.chdir(folder)
+    namespace: dict = {}
+    exec(card["weights"]["build"], namespace)  # the card's own instructions, as a user runs them
+    return namespace["model"].eval()
+
+
+def hand_made_checkpoint(path: Path, model: ModelConfig) -> torch.nn.Module:
+    """A checkpoint in the loop's layout holding a split-BN backbone with non-trivial BN
+    statistics (what training leaves), under ``student.backbone.``; returns the backbone."""
+    torch.manual_seed(0)
+    backbone = backbone_from_config(model, 32, 2)
+    for name, tensor in backbone.state_dict().items():
+        if name.endswith(("running_mean", "bias")):
+            tensor.uniform_(-0.5, 0.5)
+        elif name.endswith(("running_var", "bn1.weight", "bn2.weight", "bn3.weight")):
+            tensor.uniform_(0.5, 2.0)
+    config = json.loads(json.dumps(dataclasses.asdict(TrainConfig(data=Path("/data/x"), model=model)), default=str))
+    method = {f"student.backbone.{k}": v for k, v in backbone.state_dict().items()}
+    torch.save({"method_name": "mocov2", "method": method, "config": config, "epoch_done": 3}, path)
+    return backbone.eval()
+
+
+@pytest.mark.parametrize("cifar_stem,maxpool", [(True, False), (True, True), (False, True)])
+def test_resnet_loads_strictly_into_torchvision_with_identical_features(cifar_stem, maxpool, tmp_path, monkeypatch):
+    model = ModelConfig(width=64, cifar_stem=cifar_stem, maxpool=maxpool)
+    ours = hand_made_checkpoint(tmp_path / "checkpoint.pt", model)
+    card = export(tmp_path / "checkpoint.pt", tmp_path / "export")
+    assert card["weights"]["loads_into"] == card["weights"]["names"] == "torchvision"
+    assert "torchvision.models.resnet18()" in card["weights"]["build"]
+    torchvision_model = built_model(card, tmp_path / "export", monkeypatch)  # load_state_dict is strict
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torchvision_model(images), ours(images), rtol=0, atol=0)
+
+
+def test_vit_loads_strictly_into_timm_with_identical_features(tmp_path, monkeypatch):
+    ours = hand_made_checkpoint(tmp_path / "checkpoint.pt", ModelConfig(arch="vit_tiny", patch_size=4))
+    card = export(tmp_path / "checkpoint.pt", tmp_path / "export")
+    assert card["weights"]["loads_into"] == card["weights"]["names"] == "timm" and card["feature_dim"] == 192
+    timm_model = built_model(card, tmp_path / "export", monkeypatch)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(timm_model(images), ours(images), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dataset, tmp_path_factory) -> Path:
+    """A finished one-epoch (two-step) MoCo v2 run with a linear.json beside it."""
+    out = tmp_path_factory.mktemp("runs")
+    load_recipe("mocov2").main(["--data", str(tiny_dataset), "--run.out-dir", str(out), *TINY])
+    run = out / "mocov2-tiny"
+    linear = {"mini-ssl": {"protocol": "mini-ssl", "last": 50.0, "best": 62.5, "best_epoch": 2, "history": []},
+              "fast": {"protocol": "fast", "test_acc": 58.3, "weight_decay": 0.01}}
+    (run / "linear.json").write_text(json.dumps(linear))
+    return run
+
+
+def test_model_card_of_a_trained_run(run_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "exported"
+    card = tool.main([str(run_dir / "checkpoint.pt"), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.pt", "model_card.json"]  # no temporary left
+    assert json.loads((out / "model_card.json").read_text()) == card
+    summary = json.loads((run_dir / "summary.json").read_text())
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert card["method"] == "mocov2" and card["name"] == "mocov2-tiny"
+    assert card["data_set"] == {"path": summary["data"], "source": "synthetic", "classes": 4}
+    assert card["git_commit"] == summary["git_commit"] and card["config"] == state["config"]
+    assert card["knn"]["student"] == {k: summary["knn"]["student"][k] for k in ("last", "last_epoch", "best",
+                                                                                 "best_epoch")}
+    assert card["linear"] == {"mini-ssl": {"last": 50.0, "best": 62.5, "best_epoch": 2},
+                              "fast": {"test_acc": 58.3, "weight_decay": 0.01}}
+    assert card["training"]["epochs_done"] == 1 and card["training"]["finished"] is True
+    assert card["preprocessing"]["size"] == 32 and card["architecture"] == "resnet18"
+    assert datetime.datetime.fromisoformat(card["date"]).date() == datetime.datetime.now(datetime.timezone.utc).date()
+    assert card["weights"]["sha256"] == hashlib.sha256((out / "backbone.pt").read_bytes()).hexdigest()
+    # Width 8 is no torchvision architecture: the card builds fastssl's ResNet instead.
+    assert card["weights"]["loads_into"] == "fastssl" and "fastssl.models.resnet" in card["weights"]["build"]
+    rebuilt = built_model(card, out, monkeypatch)
+    ours = load_backbone(run_dir / "checkpoint.pt").network
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(images), ours(images), rtol=0, atol=0)
+    assert "load it with" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    torch.save({"method_name": "x", "method": {"teacher.network.backbone.x": torch.zeros(1)}, "config": {}},
+               tmp_path / "nostudent.pt")
+    bad_arch = {"model": {"arch": "resnet9"}, "views": {}}
+    torch.save({"method_name": "x", "method": {"student.backbone.x": torch.zeros(1)}, "config": bad_arch},
+               tmp_path / "badarch.pt")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, expected in [
+        ([str(tmp_path / "missing.pt")], "no such file"),
+        ([str(tmp_path / "notes.txt")], "not a fastssl checkpoint"),
+        ([str(tmp_path / "other.pt")], "no 'method_name', 'method' and 'config'"),
+        ([str(tmp_path / "nostudent.pt")], "no student backbone"),
+        ([str(tmp_path / "badarch.pt")], "unreadable run configuration"),
+        ([str(tmp_path / "notes.txt"), "--out", str(tmp_path / "notes.txt")], "not a folder"),
+        ([], "checkpoint"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            tool.main(args)
+        assert exit_.value.code == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("export.py: error:") and "\n" not in err and expected in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

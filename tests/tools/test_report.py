@@ -1,0 +1,132 @@
+"""tools/report.py on hand-made run folders: seeds pooled as mean ± std, table rows, PNGs,
+wall-clock time rebuilt from the log; bad input is one error line, status 2, nothing written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+PLOTS = ["knn_vs_epoch.png", "knn_vs_time.png", "loss_vs_epoch.png", "loss_vs_time.png", "throughput.png"]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+tool = load_tool("report")
+
+METRICS = [  # two epochs of two steps, batch 100; logged every step
+    {"kind": "eval", "epoch": 0, "knn_student": 20.0, "seconds": 6.0},
+    {"kind": "train", "epoch": 0, "step": 1, "images_per_s": 100.0, "train_seconds": 1.0, "loss": 5.0},
+    {"kind": "train", "epoch": 0, "step": 2, "images_per_s": 50.0, "train_seconds": 3.0, "loss": 4.0},
+    {"kind": "eval", "epoch": 1, "knn_student": 40.0, "seconds": 6.0},
+    {"kind": "train", "epoch": 1, "step": 2, "images_per_s": 200.0, "train_seconds": 4.0, "loss": 3.0},  # 2 steps
+    {"kind": "eval", "epoch": 2, "knn_student": 50.0, "seconds": 6.0},
+]
+
+
+def make_run(root: Path, name: str, method: str, seed: int, knn: tuple[float, float], images_per_s: float,
+             temperature: float = 0.2, linear: dict | None = None, finished: bool = True) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    config = {"data": "/data/cifar10", "resume": False, "optim": {"epochs": 200, "batch_size": 100},
+              "run": {"seed": seed, "name": name, "out_dir": str(root), "progress_bar": True},
+              "method": {"temperature": temperature}}
+    summary = {"method": method, "data": "/data/cifar10", "finished": finished, "config": config,
+               "knn": {"student": {"last": knn[0], "best": knn[1]}}, "wall_time_s": 600.0 * seed,
+               "images_per_s": images_per_s, "peak_memory_mib": 2048.0, "device": "NVIDIA H100", "processes": 1}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in METRICS))
+    if linear is not None:
+        (folder / "linear.json").write_text(json.dumps(linear))
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    protocol = lambda last, best: {"mini-ssl": {"protocol": "mini-ssl", "last": last, "best": best}}
+    make_run(root, "moco-s1", "mocov2", 1, (80.0, 81.0), 1000.0, linear=protocol(88.0, 89.0))
+    make_run(root, "moco-s2", "mocov2", 2, (82.0, 83.0), 1100.0, linear=protocol(90.0, 91.0))
+    make_run(root, "moco-s3", "mocov2", 3, (84.0, 85.0), 1200.0)
+    make_run(root, "moco-t05", "mocov2", 1, (70.0, 75.0), 1000.0, temperature=0.5, finished=False)
+    make_run(root, "simclr-s1", "simclr", 1, (85.0, 86.0), 900.0, linear={"fast": {"protocol": "fast",
+                                                                                    "test_acc": 86.5}})
+    return root
+
+
+def rows(markdown: str) -> dict[str, list[str]]:
+    """Table rows by their first three cells (method, data set, setting)."""
+    table = [line.strip("|").split("|") for line in markdown.splitlines() if line.startswith("| ")]
+    return {" ".join(c.strip() for c in cells[:3] if c.strip()): [c.strip() for c in cells] for cells in table[1:]}
+
+
+def test_seeds_pool_into_mean_and_std(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    markdown = tool.main([str(runs), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*PLOTS, "results.md"])  # no temporary left
+    assert (out / "results.md").read_text() == markdown
+    table = rows(markdown)
+    header = [c.strip() for c in markdown.splitlines()[2].strip("|").split("|")]
+    moco = dict(zip(header, table["mocov2 cifar10 method.temperature=0.2"], strict=True))
+    std = statistics.stdev([80.0, 82.0, 84.0])  # the sample deviation: 2
+    assert moco["kNN last (best) %"] == f"82.00 ± {std:.2f} (83.00 ± {std:.2f})"
+    assert moco["linear last (best) %"] == f"89.00 ± {statistics.stdev([88.0, 90.0]):.2f} (90.00 ± 1.41) [2 of 3]"
+    assert moco["n"] == "3" and moco["images/s"] == "1100 ± 100" and moco["minutes"] == "20.0 ± 10.0"
+    assert moco["epochs"] == "200" and moco["batch"] == "100" and moco["peak memory GiB"] == "2.00 ± 0.00"
+    assert moco["device"] == "NVIDIA H100 ×1"
+    other = dict(zip(header, table["mocov2 cifar10 method.temperature=0.5"], strict=True))
+    assert other["kNN last (best) %"] == "70.00 (75.00)" and other["n"] == "1" and other["epochs"] == "200†"
+    simclr = dict(zip(header, table["simclr cifar10"], strict=True))
+    assert simclr["linear last (best) %"] == "86.50 (fast probe)" and simclr["setting"] == ""
+    for name in PLOTS:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG"
+    assert "mocov2" in capsys.readouterr().out
+
+
+def test_wall_clock_is_rebuilt_from_the_log(runs):
+    run = tool.read_run(runs / "moco-s1")
+    curves = tool.curves(run)
+    # eval 6 s; step 1: 100 images at 100/s; step 2: 100 at 50/s; eval 6 s; steps 1–2 of epoch 1: 200 at 200/s; eval
+    assert curves["loss"][0] == [0.5, 1.0, 2.0]
+    assert curves["loss"][1] == pytest.approx([7 / 60, 9 / 60, 16 / 60])
+    assert curves["knn"][0] == [0, 1, 2] and curves["knn"][2] == [20.0, 40.0, 50.0]
+    assert curves["knn"][1] == pytest.approx([6 / 60, 15 / 60, 22 / 60])
+
+
+def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    broken = tmp_path / "broken"
+    make_run(broken, "a", "mocov2", 1, (1.0, 1.0), 1.0)
+    (broken / "a" / "summary.json").write_text("{truncated")
+    bad_metrics = tmp_path / "bad_metrics"
+    make_run(bad_metrics, "a", "mocov2", 1, (1.0, 1.0), 1.0)
+    with open(bad_metrics / "a" / "metrics.jsonl", "a") as handle:
+        handle.write('{"kind": "tra')
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.md").write_text("")
+    for args, expected in [
+        ([str(tmp_path / "missing")], "no such folder"),
+        ([str(tmp_path / "empty")], "no summary.json"),
+        ([str(broken)], "summary.json: unreadable"),
+        ([str(bad_metrics)], "metrics.jsonl:7: unreadable"),
+        ([str(runs), "--out", str(tmp_path / "file.md")], "not a folder"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            tool.main([*args, *(["--out", str(out)] if "--out" not in args else [])])
+        assert exit_.value.code == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("report.py: error:") and "\n" not in err and expected in err, (args, err)
+    assert not out.exists() and (tmp_path / "file.md").read_text() == ""
