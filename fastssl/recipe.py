@@ -68,15 +68,20 @@ def run_recipe(module: ModuleType, args: list[str] | None = None) -> dict[str, A
     return json.loads(json.dumps(summary))
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_recipe(name: str) -> ModuleType:
     """Import ``recipes/<name>.py`` (a script folder, not a package) as a module."""
-    path = RECIPES / f"{name}.py"
+    return load_script("recipes", name)
+
+
+def load_script(folder: str, name: str) -> ModuleType:
+    """Import the script ``<folder>/<name>.py`` of the repository as ``<folder>.<name>``."""
+    path = ROOT / folder / f"{name}.py"
     if not path.is_file():
-        raise FileNotFoundError(f"no recipe {path}")
-    spec = importlib.util.spec_from_file_location(f"recipes.{name}", path)
+        raise FileNotFoundError(f"no {folder[:-1]} {path}")
+    spec = importlib.util.spec_from_file_location(f"{folder}.{name}", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look it up
     spec.loader.exec_module(module)  # type: ignore[union-attr]

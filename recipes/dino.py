@@ -2,7 +2,7 @@
 or with a ViT and the paper's AdamW.
 
     accelerate launch recipes/dino.py --data data/cifar10 [--local-crops 6]
-    accelerate launch recipes/dino.py --data data/cifar10 --preset cifar10-vit-tiny
+    accelerate launch recipes/dino.py --data data/cifar10 --preset cifar10-vit
 
 Sources of the defaults:
 - Head 512→2048→2048→256 (GELU, no BN) then a weight-normalised 256→4096 layer; τ_s 0.1;
@@ -24,7 +24,7 @@ Sources of the defaults:
   crops (the paper's 96/224, rounded so that the ViT patch and the ResNet stride divide
   it) of scale 0.05–0.14, the official ResNet-50 setting, whose global crops are then
   0.14–1: ``--views.crop-scale 0.14 1 --second-views.crop-scale 0.14 1``.
-- ViT presets (``cifar10-vit-tiny``, ``cifar100-vit-tiny``): ViT-Tiny with 4 px patches
+- ViT presets (``cifar10-vit``, ``cifar100-vit``): ViT-Tiny with 4 px patches
   (8×8 tokens at 32 px), AdamW lr 5e-4×batch/256, β (0.9, 0.999), wd 0.04 on weights only,
   10 warm-up epochs (the paper's ViT recipe, whose wd rises to 0.4 along a cosine: fastssl
   keeps it constant), local crops of scale 0.05–0.4 (the official ViT default, global
@@ -72,7 +72,7 @@ PRESETS = dataset_presets(
 )
 for name in ("cifar10", "cifar100"):
     cifar = PRESETS[name]
-    PRESETS[f"{name}-vit-tiny"] = replace(
+    PRESETS[f"{name}-vit"] = replace(
         cifar,
         model=replace(cifar.model, arch="vit_tiny", patch_size=4),
         optim=OptimConfig(optimizer="adamw", lr_per_256=5e-4, weight_decay=0.04, warmup_epochs=10),

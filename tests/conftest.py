@@ -37,3 +37,17 @@ def tiny_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def gpu_dataset(tmp_path_factory):
     return make_tensor_dataset(tmp_path_factory.mktemp("gpu") / "gpu", train=256, test=64)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tiny_dataset, tmp_path_factory):
+    """A finished one-epoch (two-step) MoCo v2 run on the tiny data set: its checkpoint."""
+    from fastssl.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("runs")
+    load_recipe("mocov2").main([
+        "--data", str(tiny_dataset), "--run.out-dir", str(out), "--model.width", "8", "--model.bn-splits", "2",
+        "--optim.batch-size", "32", "--run.eval-batch-size", "32", "--run.no-progress-bar",
+        "--run.log-every-steps", "1", "--optim.epochs", "1", "--method.queue-size", "32",
+    ])
+    return out / "mocov2-tiny" / "checkpoint.pt"

@@ -97,6 +97,17 @@ if triton is not None:
                        other=0.0)
 
     @triton.jit
+    def _tile_scores(q, C, cols, dims, m, d, excluded, scale, HAS_EXCLUDE: tl.constexpr, PRECISION: tl.constexpr):
+        """The candidate tile at ``cols``, the scaled scores q·cᵀ, and which of them count
+        (real candidates, not a row's excluded column)."""
+        c = _load_rows(C, cols, dims, m, d)
+        s = tl.dot(q, tl.trans(c), input_precision=PRECISION) * scale
+        keep = cols[None, :] < m
+        if HAS_EXCLUDE:
+            keep = keep & (cols[None, :] != excluded[:, None])
+        return c, s, keep
+
+    @triton.jit
     def _lse_forward(Q, C, EXTRA, EXCLUDE, LSE, n, m, d, scale,
                      HAS_EXTRA: tl.constexpr, HAS_EXCLUDE: tl.constexpr, PRECISION: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -109,15 +120,12 @@ if triton is not None:
         if HAS_EXTRA:
             row_max = tl.load(EXTRA + rows, mask=rows < n, other=-1e30).to(tl.float32)
             row_sum += 1.0
+        excluded = rows  # read only with HAS_EXCLUDE
         if HAS_EXCLUDE:
             excluded = tl.load(EXCLUDE + rows, mask=rows < n, other=-1)
         for start in range(0, m, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            c = _load_rows(C, cols, dims, m, d)
-            s = tl.dot(q, tl.trans(c), input_precision=PRECISION) * scale
-            keep = cols[None, :] < m
-            if HAS_EXCLUDE:
-                keep = keep & (cols[None, :] != excluded[:, None])
+            _, s, keep = _tile_scores(q, C, cols, dims, m, d, excluded, scale, HAS_EXCLUDE, PRECISION)
             s = tl.where(keep, s, -1e30)
             new_max = tl.maximum(row_max, tl.max(s, 1))
             row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.where(keep, tl.exp(s - new_max[:, None]), 0.0), 1)
@@ -134,16 +142,13 @@ if triton is not None:
         q = _load_rows(Q, rows, dims, n, d)
         lse = tl.load(LSE + rows, mask=row_mask, other=0.0)
         weight = tl.load(GRAD + rows, mask=row_mask, other=0.0) * scale
+        excluded = rows  # read only with HAS_EXCLUDE
         if HAS_EXCLUDE:
             excluded = tl.load(EXCLUDE + rows, mask=row_mask, other=-1)
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
         for start in range(0, m, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            c = _load_rows(C, cols, dims, m, d)
-            s = tl.dot(q, tl.trans(c), input_precision=PRECISION) * scale
-            keep = cols[None, :] < m
-            if HAS_EXCLUDE:
-                keep = keep & (cols[None, :] != excluded[:, None])
+            c, s, keep = _tile_scores(q, C, cols, dims, m, d, excluded, scale, HAS_EXCLUDE, PRECISION)
             p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0) * weight[:, None]
             acc += tl.dot(p.to(c.dtype), c, input_precision=PRECISION)
         tl.store(DQ + rows[:, None] * d + dims[None, :], acc, mask=row_mask[:, None] & (dims[None, :] < d))

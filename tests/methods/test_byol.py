@@ -6,20 +6,15 @@ import torch.nn.functional as F
 
 from fastssl.methods.base import Progress
 from fastssl.methods.byol import BYOL, BYOLConfig
-from fastssl.models.resnet import build_backbone
 from pipelines.batch import ViewBatch
+from tests.methods.common import batch, tiny_backbone
 
 
 def small_byol(**overrides):
     cfg = BYOLConfig(proj_hidden=16, proj_dim=8, pred_hidden=16, **overrides)
-    backbone = build_backbone("resnet18", True, False, 4, "split_bn", 2)
+    backbone = tiny_backbone()
     return BYOL(cfg, backbone).to(memory_format=torch.channels_last)
 
-
-def batch(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    views = torch.randn(2 * n, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
-    return ViewBatch({"global": views}, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
 
 
 def at(step, steps=10):

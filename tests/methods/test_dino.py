@@ -8,7 +8,7 @@ from fastssl.methods.base import Progress
 from fastssl.methods.dino import DINO, DINOConfig
 from fastssl.models.resnet import build_backbone
 from fastssl.train.schedule import cosine_ramp
-from pipelines.batch import ViewBatch
+from tests.methods.common import batch
 
 K = 10
 
@@ -22,16 +22,6 @@ def small_dino(**overrides):
     backbone = build_backbone("resnet18", True, False, 4, "bn", 1)
     return DINO(DINOConfig(**{**settings, **overrides}), backbone).to(memory_format=torch.channels_last)
 
-
-def batch(n=4, local_crops=0, seed=0):
-    """n images: two 16 px global views and ``local_crops`` 8 px local views of each."""
-    g = torch.Generator().manual_seed(seed)
-    def images(count, size):
-        return torch.randn(count, 3, size, size, generator=g).contiguous(memory_format=torch.channels_last)
-    views = {"global": images(2 * n, 16)}
-    if local_crops:
-        views["local"] = images(local_crops * n, 8)
-    return ViewBatch(views, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
 
 
 def test_teacher_gets_no_gradient():

@@ -4,22 +4,17 @@ import torch
 
 from fastssl.methods.base import Progress
 from fastssl.methods.mocov2 import MoCoV2, MoCoV2Config
-from fastssl.models.resnet import build_backbone
 from pipelines.batch import ViewBatch
+from tests.methods.common import batch, tiny_backbone
 
 PROGRESS = Progress(epoch=0, step=0, steps_per_epoch=1, epochs=1)
 
 
 def small_moco(**overrides):
     cfg = MoCoV2Config(queue_size=12, proj_hidden=16, proj_dim=8, **overrides)
-    backbone = build_backbone("resnet18", True, False, 4, "split_bn", 2)
+    backbone = tiny_backbone()
     return MoCoV2(cfg, backbone).to(memory_format=torch.channels_last)
 
-
-def batch(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    views = torch.randn(2 * n, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
-    return ViewBatch({"global": views}, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
 
 
 def test_teacher_gets_no_gradient_and_follows_by_ema():

@@ -6,8 +6,7 @@ import torch.nn.functional as F
 from fastssl.losses.relational import ressl_loss
 from fastssl.methods.base import Progress
 from fastssl.methods.ressl import ReSSL, ReSSLConfig
-from fastssl.models.resnet import build_backbone
-from pipelines.batch import ViewBatch
+from tests.methods.common import batch, tiny_backbone
 
 
 def progress(step=0):
@@ -16,14 +15,9 @@ def progress(step=0):
 
 def small_ressl(**overrides):
     cfg = ReSSLConfig(memory_size=12, proj_hidden=16, proj_dim=8, **overrides)
-    backbone = build_backbone("resnet18", True, False, 4, "split_bn", 2)
+    backbone = tiny_backbone()
     return ReSSL(cfg, backbone).to(memory_format=torch.channels_last)
 
-
-def batch(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    views = torch.randn(2 * n, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
-    return ViewBatch({"global": views}, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
 
 
 def test_teacher_gets_no_gradient_and_follows_by_a_constant_ema():

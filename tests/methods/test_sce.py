@@ -4,22 +4,16 @@ from fastssl.losses.infonce import queue_info_nce
 from fastssl.losses.relational import sce_loss
 from fastssl.methods.base import Progress
 from fastssl.methods.sce import SCE, SCEConfig
-from fastssl.models.resnet import build_backbone
-from pipelines.batch import ViewBatch
+from tests.methods.common import batch, tiny_backbone
 
 PROGRESS = Progress(epoch=0, step=0, steps_per_epoch=1, epochs=1)
 
 
 def small_sce(**overrides):
     cfg = SCEConfig(memory_size=12, proj_hidden=16, proj_dim=8, **overrides)
-    backbone = build_backbone("resnet18", True, False, 4, "split_bn", 2)
+    backbone = tiny_backbone()
     return SCE(cfg, backbone).to(memory_format=torch.channels_last).eval()  # eval: shuffling changes nothing
 
-
-def batch(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    views = torch.randn(2 * n, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
-    return ViewBatch({"global": views}, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
 
 
 def embeddings(method, b):

@@ -3,21 +3,15 @@ import torch.nn.functional as F
 
 from fastssl.config import OptimConfig
 from fastssl.methods.simsiam import SimSiam, SimSiamConfig
-from fastssl.models.resnet import build_backbone
 from fastssl.train.optim import build_optimizer
-from pipelines.batch import ViewBatch
+from tests.methods.common import batch, tiny_backbone
 
 
 def small_simsiam(**overrides):
     cfg = SimSiamConfig(proj_hidden=16, proj_dim=16, pred_hidden=4, **overrides)
-    backbone = build_backbone("resnet18", True, False, 4, "split_bn", 2)
+    backbone = tiny_backbone()
     return SimSiam(cfg, backbone).to(memory_format=torch.channels_last)
 
-
-def batch(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    views = torch.randn(2 * n, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
-    return ViewBatch({"global": views}, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
 
 
 def test_predictor_groups_carry_fixed_lr():

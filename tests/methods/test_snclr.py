@@ -7,26 +7,17 @@ import torch.nn.functional as F
 from fastssl.losses.neighbours import nearest_neighbours, snclr_loss
 from fastssl.methods.base import Progress
 from fastssl.methods.snclr import SNCLR, SNCLRConfig
-from fastssl.models.resnet import build_backbone
-from pipelines.batch import ViewBatch
+from tests.methods.common import batch, swapped, tiny_backbone
 
 PROGRESS = Progress(epoch=0, step=0, steps_per_epoch=1, epochs=1)
 
 
 def small_snclr(**overrides):
     cfg = SNCLRConfig(memory_size=12, proj_hidden=16, proj_dim=8, pred_hidden=16, top_k=3, **overrides)
-    backbone = build_backbone("resnet18", True, False, 4, "split_bn", 2)
+    backbone = tiny_backbone()
     return SNCLR(cfg, backbone).to(memory_format=torch.channels_last)
 
 
-def batch(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    views = torch.randn(2 * n, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
-    return ViewBatch({"global": views}, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
-
-
-def swapped(b):
-    return ViewBatch({"global": torch.cat(b.views["global"].chunk(2)[::-1])}, b.indices, b.labels, {})
 
 
 def test_no_gradient_reaches_the_teacher_or_the_memory():

@@ -5,7 +5,7 @@ from fastssl.losses.swav import sinkhorn_knopp, swapped_prediction
 from fastssl.methods.base import Progress
 from fastssl.methods.swav import SwAV, SwAVConfig
 from fastssl.models.resnet import build_backbone
-from pipelines.batch import ViewBatch
+from tests.methods.common import batch
 
 K = 6
 
@@ -20,16 +20,6 @@ def small_swav(**overrides):
     backbone = build_backbone("resnet18", True, False, 4, "bn", 1)
     return SwAV(SwAVConfig(**{**settings, **overrides}), backbone).to(memory_format=torch.channels_last)
 
-
-def batch(n=4, local_crops=0, seed=0):
-    """n images: two 16 px global views and ``local_crops`` 8 px local views of each."""
-    g = torch.Generator().manual_seed(seed)
-    def images(count, size):
-        return torch.randn(count, 3, size, size, generator=g).contiguous(memory_format=torch.channels_last)
-    views = {"global": images(2 * n, 16)}
-    if local_crops:
-        views["local"] = images(local_crops * n, 8)
-    return ViewBatch(views, torch.arange(n), torch.zeros(n, dtype=torch.long), {})
 
 
 def test_prototypes_are_put_back_on_the_unit_sphere_and_score_cosines():

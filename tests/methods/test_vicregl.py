@@ -3,16 +3,16 @@ import torch
 from fastssl.losses.vicregl import cell_centres
 from fastssl.methods.vicreg import VICReg, VICRegConfig
 from fastssl.methods.vicregl import VICRegL, VICRegLConfig
-from fastssl.models.resnet import build_backbone
 from pipelines.augment import CropParams, RandomResizedCrop
 from pipelines.batch import ViewBatch, ViewMeta
+from tests.methods.common import tiny_backbone
 
 SMALL = {"proj_hidden": 16, "proj_dim": 16}
 
 
 def small_vicregl(**overrides):
     cfg = VICRegLConfig(local_hidden=8, local_dim=8, num_matches=(7, 2), **SMALL, **overrides)
-    return VICRegL(cfg, build_backbone("resnet18", True, False, 4, "split_bn", 2)).to(memory_format=torch.channels_last)
+    return VICRegL(cfg, tiny_backbone()).to(memory_format=torch.channels_last)
 
 
 def batch(n=4, seed=0):
@@ -56,7 +56,7 @@ def test_local_projector_learns_inside_the_student():
 def test_alpha_one_trains_vicreg():
     torch.manual_seed(0)
     vicregl = small_vicregl(alpha=1.0)
-    vicreg = VICReg(VICRegConfig(**SMALL), build_backbone("resnet18", True, False, 4, "split_bn", 2))
+    vicreg = VICReg(VICRegConfig(**SMALL), tiny_backbone())
     vicreg.to(memory_format=torch.channels_last)
     vicreg.student.load_state_dict(vicregl.student.state_dict(), strict=False)  # all but the local projector
     b = batch(seed=1)

@@ -29,7 +29,7 @@ SMALL_HEADS = {
     ("dino", []),
     ("dino", ["--local-crops", "2"]),
     # ViT-Tiny with 4 px patches and AdamW; its kNN (two ViTs over 88 images) left out for time
-    ("dino", ["--preset", "cifar10-vit-tiny", "--local-crops", "2", "--run.no-knn-before-training",
+    ("dino", ["--preset", "cifar10-vit", "--local-crops", "2", "--run.no-knn-before-training",
               "--optim.batch-size", "8"]),
 ])
 def test_two_steps(name, extra, tiny_dataset, tmp_path):

@@ -3,37 +3,24 @@ input is one error line, status 2 and nothing written."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from fastssl.recipe import load_recipe
+from fastssl.recipe import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "32", "--run.eval-batch-size", "32",
-        "--run.no-progress-bar", "--run.log-every-steps", "1", "--optim.epochs", "1", "--method.queue-size", "32"]
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+
+tool = load_script("tools", "diagnose")
 
 
-tool = load_tool("diagnose")
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_dataset, tmp_path_factory) -> Path:
-    """A finished one-epoch (two-step) MoCo v2 run on the tiny data set."""
-    out = tmp_path_factory.mktemp("runs")
-    load_recipe("mocov2").main(["--data", str(tiny_dataset), "--run.out-dir", str(out), *TINY])
-    return out / "mocov2-tiny" / "checkpoint.pt"
+@pytest.fixture
+def checkpoint(trained_checkpoint) -> Path:
+    return trained_checkpoint
 
 
 def test_writes_both_pngs(checkpoint, tmp_path, capsys):

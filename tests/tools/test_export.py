@@ -6,9 +6,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import importlib.util
 import json
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,13 @@ import torch
 from fastssl.config import ModelConfig, TrainConfig
 from fastssl.export import export, load_backbone
 from fastssl.models.backbone import backbone_from_config
-from fastssl.recipe import load_recipe
+from fastssl.recipe import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "32", "--run.eval-batch-size", "32",
-        "--run.no-progress-bar", "--run.log-every-steps", "1", "--optim.epochs", "1", "--method.queue-size", "32"]
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
-
-tool = load_tool("export")
+tool = load_script("tools", "export")
 
 
 def built_model(card: dict, folder: Path, monkeypatch) -> torch.nn.Module:
@@ -82,12 +72,10 @@ def test_vit_loads_strictly_into_timm_with_identical_features(tmp_path, monkeypa
         torch.testing.assert_close(timm_model(images), ours(images), rtol=0, atol=0)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_dataset, tmp_path_factory) -> Path:
-    """A finished one-epoch (two-step) MoCo v2 run with a linear.json beside it."""
-    out = tmp_path_factory.mktemp("runs")
-    load_recipe("mocov2").main(["--data", str(tiny_dataset), "--run.out-dir", str(out), *TINY])
-    run = out / "mocov2-tiny"
+@pytest.fixture
+def run_dir(trained_checkpoint, tmp_path) -> Path:
+    """A copy of a finished one-epoch (two-step) MoCo v2 run with a linear.json beside it."""
+    run = Path(shutil.copytree(trained_checkpoint.parent, tmp_path / "mocov2-tiny"))
     linear = {"mini-ssl": {"protocol": "mini-ssl", "last": 50.0, "best": 62.5, "best_epoch": 2, "history": []},
               "fast": {"protocol": "fast", "test_acc": 58.3, "weight_decay": 0.01}}
     (run / "linear.json").write_text(json.dumps(linear))

@@ -3,28 +3,21 @@ wall-clock time rebuilt from the log; bad input is one error line, status 2, not
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from fastssl.recipe import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 PLOTS = ["knn_vs_epoch.png", "knn_vs_time.png", "loss_vs_epoch.png", "loss_vs_time.png", "throughput.png"]
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
-
-tool = load_tool("report")
+tool = load_script("tools", "report")
 
 METRICS = [  # two epochs of two steps, batch 100; logged every step
     {"kind": "eval", "epoch": 0, "knn_student": 20.0, "seconds": 6.0},
