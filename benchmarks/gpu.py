@@ -33,12 +33,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.train_step import synchronize, time_steps  # noqa: E402
@@ -49,6 +50,9 @@ from fastssl.train.loop import Meter, Trainer  # noqa: E402
 from pipelines.batch import ViewBatch  # noqa: E402
 from pipelines.reference import PilTwoViews  # noqa: E402
 from tools.profile import ProfileConfig, profile  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipelines.tensor import TensorSplit
 
 # Dense bf16 tensor-core peaks (NVIDIA data sheets, without sparsity), FLOP/s.
 PEAK_BF16 = {"H100 SXM": 989.4e12, "H100 PCIe": 756.5e12, "H100 NVL": 835.5e12, "H200": 989.4e12, "A100": 312e12}
@@ -116,7 +120,7 @@ def flops_per_step(trainer: Trainer) -> float:
 
 def baseline_batches(trainer: Trainer, workers: int):
     """ViewBatches from a torchvision DataLoader with PIL transforms (NCHW, fp32)."""
-    split = trainer.loader.train
+    split = cast("TensorSplit", trainer.loader.train)  # the benchmark's data sets are in the tensor format
     pixels = split.images.permute(0, 2, 3, 1).cpu().numpy()
     config = next(iter(trainer.loader.recipe.groups.values())).config
     dataset = PilTwoViews(lambda i: pixels[i], len(split), config)
@@ -167,7 +171,7 @@ def measure(name: str, opts: Options, out_dir: Path) -> dict[str, Any]:
 
 def bare_step(trainer: Trainer):
     """Forward+backward of the trainer's (compiled) student backbone alone on 2×batch views."""
-    backbone = trainer.method.student.backbone
+    backbone = cast(nn.Module, trainer.method.student.backbone)  # a ResNet or ViT
     size = next(iter(trainer.loader.recipe.groups.values())).config.size
     views = torch.randn(2 * trainer.loader.batch_size // trainer.accelerator.num_processes, 3, size, size,
                         device=trainer.device).contiguous(memory_format=torch.channels_last)

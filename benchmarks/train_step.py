@@ -79,7 +79,7 @@ def recipe_step(name: str, opts: Options, out_dir: Path):
 
 def bare_step(opts: Options, device: torch.device):
     backbone = build_backbone("resnet18", True, False, opts.width, "bn", 1)
-    backbone = backbone.to(device, memory_format=torch.channels_last)
+    backbone = backbone.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(backbone.parameters(), lr=0.01, momentum=0.9)
     views = torch.randn(2 * opts.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,7 +201,7 @@ def run(cfg: BenchConfig) -> dict:
     pixels = torch.from_numpy(np.array(array[:pool])).to(device)
     images = pixels.permute(0, 3, 1, 2)  # N×3×H×W in channels-last memory, as the loader has it
 
-    results = []
+    results: list[dict[str, Any]] = []
     for blur in (False, True):
         steps = {"fastssl": fastssl_step(images, blur), "kornia": kornia_step(images, blur)}
         rates = time_interleaved(steps, cfg, pool, device)

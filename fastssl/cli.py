@@ -7,14 +7,14 @@ import io
 import re
 import sys
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import NoReturn, TypeVar, cast
 
 import tyro
 
 T = TypeVar("T")
 
 
-def fail(program: str, message: str) -> None:
+def fail(program: str, message: str | Exception) -> NoReturn:
     """Print ``program: error: message`` on one line and exit with status 2."""
     text = " ".join(str(message).split())
     print(f"{program}: error: {text}", file=sys.stderr)
@@ -32,7 +32,8 @@ def parse(config_type: type[T], default: T | None, args: Sequence[str] | None, p
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            return tyro.cli(config_type, default=default, args=args, prog=program)
+            # default=None is no default; tyro's stubs would make the result T | None for it
+            return cast(T, tyro.cli(config_type, default=default, args=args, prog=program))
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             fail(program, _one_line(captured.getvalue()) or "invalid arguments")

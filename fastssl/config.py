@@ -8,7 +8,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pipelines.views import ViewConfig
 
@@ -106,7 +106,7 @@ def with_views(cfg: C, **changes) -> C:
     fields of its own: BYOL's second view, ReSSL's weak one, SwAV's local crops). A
     ``size`` change scales every view by the same factor, so local crops keep their
     proportion to the global ones."""
-    updates = {}
+    updates: dict[str, Any] = {}  # field name → its new ViewConfig
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, ViewConfig):

@@ -68,7 +68,7 @@ def _encoded(sample: Sample, origin: Path) -> tuple[bytes, str, tuple[int, int]]
     """The sample's file bytes, their extension and the (height, width) of their header."""
     data = sample.read()
     extension = next((ext for magic, ext in MAGIC.items() if isinstance(data, bytes) and data.startswith(magic)), None)
-    if extension is None:
+    if extension is None or not isinstance(data, bytes):  # a known extension implies bytes
         raise SourceError(
             f"{origin}: {sample.path} is not a JPEG or PNG file (--format dali keeps the encoded files as they are)"
         )
@@ -161,9 +161,9 @@ def _build(device: torch.device, batch_size: int, source: Any = None, pad: bool 
     else:
         pipe = Pipeline(batch_size=batch_size, num_threads=_threads(), device_id=device_id, prefetch_queue_depth=2)
     with pipe:
-        encoded = fn.external_source(source=source, name="encoded", dtype=types.UINT8, ndim=1, batch=True)
+        encoded = fn.external_source(source=source, name="encoded", dtype=types.DALIDataType.UINT8, ndim=1, batch=True)
         images = fn.decoders.image(
-            encoded, device="mixed" if cuda else "cpu", output_type=types.RGB, adjust_orientation=False
+            encoded, device="mixed" if cuda else "cpu", output_type=types.DALIImageType.RGB, adjust_orientation=False
         )
         pipe.set_outputs(fn.pad(images, fill_value=0, axes=(0, 1)) if pad else images)
     pipe.build()
@@ -185,6 +185,8 @@ def _to_torch(output: Any, device: torch.device) -> Tensor:
 
 class _Decoder:
     """A fed pipeline for one batch at a time, rebuilt when a batch is larger than any before."""
+
+    pipe: Pipeline | None
 
     def __init__(self, device: torch.device, pad: bool = True) -> None:
         self.device, self.pad, self.pipe, self.capacity = device, pad, None, 0

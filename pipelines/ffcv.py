@@ -200,8 +200,8 @@ def round_trip_check(samples: list[Sample], folder: Path, cfg: Any) -> int:
         if stored.modes[i] == IMAGE_MODES["raw"]:
             same_pixels = same_size and np.array_equal(image, again)
         else:
-            error = np.abs(image.astype(np.int16) - again) if same_size else None
-            same_pixels = error is not None and float(error.mean()) <= JPG_TOLERANCE
+            deviation = np.abs(image.astype(np.int16) - again) if same_size else None
+            same_pixels = deviation is not None and float(deviation.mean()) <= JPG_TOLERANCE
         if not same_pixels or labels[i] != samples[i].label or indices[i] != i:
             raise SourceError(f"{origin}: round-trip check failed on {samples[i].path}")
     return count

@@ -20,9 +20,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
+
+V = TypeVar("V")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
@@ -61,8 +64,13 @@ class _LocalFile:
         return self.path.read_bytes()
 
 
+def _in_memory(value: V) -> Callable[[], V]:
+    """A reader of ``value``, already in memory (an archive member's bytes, a CIFAR image)."""
+    return lambda: value
+
+
 def _directory_tree(root: Path) -> dict[str, Callable[[], bytes]]:
-    tree = {}
+    tree: dict[str, Callable[[], bytes]] = {}
     for folder, _, files in os.walk(root, followlinks=True):
         for name in files:
             full = Path(folder) / name
@@ -110,7 +118,7 @@ def _archive_tree(path: Path) -> dict[str, Callable[[], bytes]]:
                 pass
     except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as error:
         raise SourceError(f"{path}: not a readable tar archive ({error})") from error
-    return {name: (lambda data=data: data) for name, data in contents.items()}
+    return {name: _in_memory(data) for name, data in contents.items()}
 
 
 def _hidden(name: str) -> bool:
@@ -176,7 +184,7 @@ def _cifar_layout(tree: dict, origin: Path) -> Source | None:
                 raise SourceError(f"{origin / name}: not a CIFAR batch ({error})") from error
             pixels = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # CHW rows → HWC
             for row, (label, array) in enumerate(zip(labels, pixels, strict=True)):
-                samples.append(Sample(f"{name}#{row}", label, lambda a=array: a))
+                samples.append(Sample(f"{name}#{row}", label, _in_memory(array)))
         source.splits[split] = samples
     return source
 
@@ -446,7 +454,9 @@ def decode(sample: Sample, size: int | None, origin: Path, max_side: int | None 
             image = image.crop((left, top, left + size, top + size))
         if max_side is not None and max(image.size) > max_side:
             scale = max_side / max(image.size)
-            image = image.resize(tuple(max(1, round(side * scale)) for side in image.size), Image.Resampling.BICUBIC)
+            width, height = image.size
+            scaled = (max(1, round(width * scale)), max(1, round(height * scale)))
+            image = image.resize(scaled, Image.Resampling.BICUBIC)
         return np.asarray(image, dtype=np.uint8)
     except Exception as error:
         raise SourceError(f"{origin}: cannot decode {sample.path} ({error})") from error

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 # The repository root replaces this script's folder on the path: tools/profile.py would
 # otherwise shadow the standard library's ``profile`` module (imported by torch).
@@ -124,9 +124,11 @@ def decode_all(
                     folder / "images.npy", mode="w+", dtype=np.uint8, shape=(len(samples), *part.shape[1:])
                 )
             elif part.shape[1:] != images.shape[1:]:
+                assert first is not None  # set with images
                 raise SourceError(_size_error(cfg.source, samples[start], part.shape[1:], *first))
             images[start:stop] = part
             bar.update(stop - start)
+    assert images is not None and first is not None  # samples is not empty: the first part set both
     images.flush()
     del images
     return first[1][:2]
@@ -202,7 +204,8 @@ def convert(cfg: ConvertConfig) -> dict:
                 labels = np.array([s.label for s in samples], dtype=np.int64)
                 splits[split] = write_split(folder, None, labels, [s.path for s in samples])
                 splits[split]["checked"] = round_trip_check(samples, cfg, folder) if cfg.check else 0
-        meta = {
+        assert image_size is not None  # read_source finds at least one split with images
+        meta: dict[str, Any] = {
             "format": cfg.format,
             "version": FORMAT_VERSION,
             "source": str(cfg.source),

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 # This script's folder must not stay first on the path: its name would shadow the standard
 # library's ``profile`` module, which ``cProfile`` (imported by torch) needs.
@@ -42,6 +42,10 @@ from pipelines.batch import ViewBatch  # noqa: E402
 from pipelines.dataset import DatasetError  # noqa: E402
 from pipelines.loader import epoch_permutation  # noqa: E402
 from pipelines.reference import PilTwoViews  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipelines.jpeg import JpegSplit
+    from pipelines.tensor import TensorSplit
 
 PROGRAM = "profile.py"
 
@@ -157,10 +161,11 @@ def baseline_images_per_s(cfg: ProfileConfig, trainer: Trainer) -> float | None:
     processes) making the same two views from the same data, or None for other formats."""
     split = trainer.loader.train
     if trainer.info.format == "jpeg":
-        packed, offsets = split.bytes.numpy(), split.offsets
+        jpeg = cast("JpegSplit", split)  # the jpeg format's split
+        packed, offsets = jpeg.bytes.numpy(), jpeg.offsets
         read = lambda i: packed[offsets[i] : offsets[i + 1]].tobytes()  # noqa: E731
     elif trainer.info.format == "tensor":
-        pixels = split.images.permute(0, 2, 3, 1).cpu().numpy()
+        pixels = cast("TensorSplit", split).images.permute(0, 2, 3, 1).cpu().numpy()
         read = lambda i: pixels[i]  # noqa: E731
     else:
         return None

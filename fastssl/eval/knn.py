@@ -4,11 +4,11 @@ class with weight exp(sim/τ), the heaviest class wins. Runs on the device, in c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from fastssl.distributed import gather
 from pipelines.batch import ViewBatch
@@ -16,7 +16,7 @@ from pipelines.batch import ViewBatch
 
 @torch.no_grad()
 def extract_features(
-    network: nn.Module, batches: Iterable[ViewBatch], count: int
+    network: Callable[[Tensor], Tensor], batches: Iterable[ViewBatch], count: int
 ) -> tuple[Tensor, Tensor]:
     """Features (fp32, count×D) and labels of a split, gathered from every process's shard."""
     features: Tensor | None = None

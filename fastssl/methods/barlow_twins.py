@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from fastssl.distributed import gather_with_full_grad
 from fastssl.losses.barlow_twins import barlow_twins_loss
 from fastssl.methods.base import Encoder, Method, MethodOutput
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -33,7 +32,7 @@ class BarlowTwinsConfig:
 
 
 class BarlowTwins(Method):
-    def __init__(self, cfg: BarlowTwinsConfig, backbone: torch.nn.Module) -> None:
+    def __init__(self, cfg: BarlowTwinsConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         dims = [backbone.feature_dim, cfg.proj_hidden, cfg.proj_hidden, cfg.proj_dim]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.config import OptimConfig
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import Prototypes
 from fastssl.train.optim import decay_groups
 from pipelines.batch import ViewBatch
@@ -55,7 +56,11 @@ class Encoder(nn.Module):
     wraps in DDP, so everything that learns must sit inside it (a method with more heads
     subclasses it). ``with_map`` also returns the backbone's last feature map."""
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module | None = None) -> None:
+    backbone: Backbone
+    projector: nn.Module
+    predictor: nn.Module | None
+
+    def __init__(self, backbone: Backbone, projector: nn.Module, predictor: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone, self.projector, self.predictor = backbone, projector, predictor
 
@@ -76,7 +81,7 @@ class PrototypeEncoder(Encoder):
 
     prototypes: Prototypes
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, prototypes: Prototypes) -> None:
+    def __init__(self, backbone: Backbone, projector: nn.Module, prototypes: Prototypes) -> None:
         super().__init__(backbone, projector)
         self.prototypes = prototypes
 
@@ -96,7 +101,10 @@ class EMATeacher(nn.Module):
     graph-captured update never sees a new constant.
     """
 
-    def __init__(self, student: nn.Module, momentum: float, without: tuple[str, ...] = ()) -> None:
+    network: Encoder  # the copy of the student
+    momentum: Tensor  # a buffer
+
+    def __init__(self, student: Encoder, momentum: float, without: tuple[str, ...] = ()) -> None:
         """``without``: submodules of the student the teacher does not copy (BYOL's target
         has no predictor); they are set to None in the copy."""
         super().__init__()
@@ -114,8 +122,12 @@ class EMATeacher(nn.Module):
         """θ_teacher ← m·θ_teacher + (1 − m)·θ_student, parameters only, matched by name."""
         student_params = dict(student.named_parameters())
         names = [name for name, _ in self.network.named_parameters()]
-        teacher_params = list(self.network.parameters())
-        torch._foreach_lerp_(teacher_params, [student_params[n].detach() for n in names], 1.0 - self.momentum)
+        teacher_params: list[Tensor] = list(self.network.parameters())
+        # θ_t += (1 − m)·(θ_s − θ_t) with foreach ops whose Tensor overloads read m on the
+        # device: _foreach_lerp_ would take the 0-dim m for a Scalar and read it on the host.
+        delta = torch._foreach_sub([student_params[n].detach() for n in names], teacher_params)
+        torch._foreach_mul_(delta, 1.0 - self.momentum)
+        torch._foreach_add_(teacher_params, delta)
 
     @torch.no_grad()
     def forward(self, images: Tensor, *args, **kwargs):
@@ -176,13 +188,13 @@ class Method(nn.Module):
     def compiled_networks(self) -> list[nn.Module]:
         """The networks worth ``torch.compile``: the student's and the teacher's (their
         forward passes are nearly all of a step's time)."""
-        return [self.student] + ([self.teacher.network] if self.teacher is not None else [])
+        return [self.student, *([self.teacher.network] if self.teacher is not None else [])]
 
     @property
-    def backbone(self) -> nn.Module:
+    def backbone(self) -> Backbone:
         return self.student.backbone
 
-    def monitored_backbones(self) -> dict[str, nn.Module]:
+    def monitored_backbones(self) -> dict[str, Backbone]:
         """The networks the kNN monitor evaluates: the student's and any teacher's."""
         nets = {"student": self.student.backbone}
         if self.teacher is not None:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from fastssl.losses.cosine import normalized_l2
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from fastssl.train.schedule import cosine_ramp
 from pipelines.batch import ViewBatch
@@ -41,7 +40,7 @@ class BYOLConfig:
 class BYOL(Method):
     teacher: EMATeacher
 
-    def __init__(self, cfg: BYOLConfig, backbone: torch.nn.Module) -> None:
+    def __init__(self, cfg: BYOLConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim], hidden_bn=True)
@@ -56,7 +55,8 @@ class BYOL(Method):
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]
         features, projections, predictions, _ = self.encode(images)
-        p1, p2 = predictions.chunk(2)  # type: ignore[union-attr]
+        assert predictions is not None  # the encoder has a predictor
+        p1, p2 = predictions.chunk(2)
         z1, z2 = self.teacher(images).projection.chunk(2)
         loss = 0.5 * (normalized_l2(p1, z2) + normalized_l2(p2, z1))
         metrics = {"ema_momentum": self.teacher.momentum.clone()}  # a copy: the buffer changes next step

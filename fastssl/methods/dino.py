@@ -17,6 +17,7 @@ The last layer is frozen during the first epoch, which the paper found to stabil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from fastssl.config import OptimConfig
 from fastssl.distributed import gather
 from fastssl.losses.dino import dino_loss
 from fastssl.methods.base import EMATeacher, Method, MethodOutput, Progress, PrototypeEncoder
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import Prototypes, mlp
 from fastssl.train.schedule import cosine_ramp, linear_ramp
 from pipelines.batch import ViewBatch
@@ -56,7 +58,7 @@ class DINO(Method):
     center: Tensor  # C, a buffer
     teacher_temperature: Tensor  # τ_t of this epoch, a buffer
 
-    def __init__(self, cfg: DINOConfig, backbone: nn.Module) -> None:
+    def __init__(self, cfg: DINOConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         head = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_hidden, cfg.proj_dim], activation=nn.GELU)
@@ -86,7 +88,8 @@ class DINO(Method):
         local = batch.views.get("local")
         if local is not None:
             outputs.append(self.encode(local).prediction)
-        student = torch.cat(outputs).view(-1, n, k)  # V×N×K, the two global views first
+        # V×N×K, the two global views first; a PrototypeEncoder's prediction is its scores, never None
+        student = torch.cat(cast(list[Tensor], outputs)).view(-1, n, k)
         teacher = self.teacher(images).prediction
         loss = dino_loss(
             student, teacher.view(2, n, k), self.center, self.cfg.student_temperature, self.teacher_temperature
@@ -109,7 +112,8 @@ class DINO(Method):
         self.teacher.set_momentum(cosine_ramp(self.cfg.momentum, self.cfg.momentum_final, progress.fraction))
         self.teacher.update(self.student)
         # Processes hold equal shares of the batch: the mean of their means is the batch mean.
-        batch_mean = gather(self._teacher_outputs.float().mean(0, keepdim=True)).mean(0)  # type: ignore[union-attr]
+        assert self._teacher_outputs is not None  # set by this step's forward
+        batch_mean = gather(self._teacher_outputs.float().mean(0, keepdim=True)).mean(0)
         self.center.lerp_(batch_mean, 1.0 - self.cfg.center_momentum)
         self._teacher_outputs = None
 

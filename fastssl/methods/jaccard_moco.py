@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from fastssl.losses.jaccard import jaccard_info_nce
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.methods.memory import FeatureQueue
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -54,7 +55,9 @@ class JaccardHeads(nn.Module):
 
 
 class JaccardMoCo(Method):
-    def __init__(self, cfg: JaccardMoCoConfig, backbone: nn.Module) -> None:
+    teacher: EMATeacher
+
+    def __init__(self, cfg: JaccardMoCoConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         self.student = Encoder(backbone, JaccardHeads(backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim))
@@ -64,17 +67,18 @@ class JaccardMoCo(Method):
         self._new_keys: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
-        self.teacher.update(self.student)  # type: ignore[union-attr]
+        self.teacher.update(self.student)
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         first, second = batch.views["global"].chunk(2)
         features, queries, _, _ = self.encode(first)
-        keys = self.teacher.projections(second, 1, self.cfg.shuffle_bn)  # type: ignore[arg-type]
+        keys = self.teacher.projections(second, 1, self.cfg.shuffle_bn)
         loss = jaccard_info_nce(queries, keys, self.queue.features, self.cfg.temperature, self.cfg.loss_weights)
         self._new_keys = keys
         return MethodOutput(loss, {}, features.detach(), queries.detach())
 
     def after_optimizer_step(self, progress: Progress) -> None:
         """Enqueue this step's keys from every process, oldest out."""
-        self.queue.push(self._new_keys)  # type: ignore[arg-type]
+        assert self._new_keys is not None  # set by this step's forward
+        self.queue.push(self._new_keys)
         self._new_keys = None

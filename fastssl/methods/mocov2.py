@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from fastssl.losses.infonce import Backend, queue_info_nce
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.methods.memory import FeatureQueue
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -37,7 +37,9 @@ class MoCoV2Config:
 
 
 class MoCoV2(Method):
-    def __init__(self, cfg: MoCoV2Config, backbone: torch.nn.Module) -> None:
+    teacher: EMATeacher
+
+    def __init__(self, cfg: MoCoV2Config, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim])
@@ -47,13 +49,13 @@ class MoCoV2(Method):
         self._new_keys: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
-        self.teacher.update(self.student)  # type: ignore[union-attr]
+        self.teacher.update(self.student)
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]
         features, queries, _, _ = self.encode(images)
         q1, q2 = queries.chunk(2)
-        k1, k2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)  # type: ignore[union-attr]
+        k1, k2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)
         # Both directions see the queue as it was before this step (Mini-SSL's later commit);
         # the new keys go in after the optimiser step.
         negatives = self.queue.features
@@ -66,5 +68,6 @@ class MoCoV2(Method):
 
     def after_optimizer_step(self, progress: Progress) -> None:
         """Enqueue this step's keys of the second view from every process, oldest out."""
-        self.queue.push(self._new_keys)  # type: ignore[arg-type]
+        assert self._new_keys is not None  # set by this step's forward
+        self.queue.push(self._new_keys)
         self._new_keys = None

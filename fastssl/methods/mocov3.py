@@ -25,6 +25,7 @@ from torch import Tensor
 from fastssl.distributed import gather, rank
 from fastssl.losses.infonce import Backend, batch_info_nce
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from fastssl.train.schedule import cosine_ramp
 from pipelines.batch import ViewBatch
@@ -62,7 +63,7 @@ def _heads(cfg: MoCoV3Config, feature_dim: int) -> tuple[torch.nn.Sequential, to
 class MoCoV3(Method):
     teacher: EMATeacher
 
-    def __init__(self, cfg: MoCoV3Config, backbone: torch.nn.Module) -> None:
+    def __init__(self, cfg: MoCoV3Config, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         self.student = Encoder(backbone, *_heads(cfg, backbone.feature_dim))
@@ -81,7 +82,8 @@ class MoCoV3(Method):
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]
         features, projections, queries, _ = self.encode(images)
-        q1, q2 = queries.chunk(2)  # type: ignore[union-attr]
+        assert queries is not None  # the encoder's predictor gives the queries
+        q1, q2 = queries.chunk(2)
         k1, k2 = self.teacher(images).projection.chunk(2)
         loss = self.contrastive(q1, k2) + self.contrastive(q2, k1)
         metrics = {"ema_momentum": self.teacher.momentum.clone()}  # a copy: the buffer changes next step

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from fastssl.losses.neighbours import msf_loss, nearest_neighbours
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.methods.memory import FeatureQueue
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -40,7 +40,9 @@ class MSFConfig:
 
 
 class MSF(Method):
-    def __init__(self, cfg: MSFConfig, backbone: torch.nn.Module) -> None:
+    teacher: EMATeacher
+
+    def __init__(self, cfg: MSFConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim], hidden_bn=True)
@@ -51,7 +53,7 @@ class MSF(Method):
         self._new_targets: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
-        self.teacher.update(self.student)  # type: ignore[union-attr]
+        self.teacher.update(self.student)
 
     def shift(self, prediction: Tensor, target: Tensor, memory: Tensor) -> Tensor:
         """One direction: ``prediction`` towards ``target`` and its neighbours in ``memory``."""
@@ -61,8 +63,9 @@ class MSF(Method):
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]  # strong first views, then weak second views
         features, projections, predictions, _ = self.encode(images)
+        assert predictions is not None  # the encoder has a predictor
         p1, p2 = predictions.chunk(2)
-        t1, t2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)  # type: ignore[arg-type]
+        t1, t2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)
         memory = self.memory.features  # as it was before this step, for both directions
         loss = self.shift(p1, t2, memory)
         if self.cfg.symmetric:
@@ -72,5 +75,6 @@ class MSF(Method):
 
     def after_optimizer_step(self, progress: Progress) -> None:
         """Push this step's target embeddings of the weak view, from every process."""
-        self.memory.push(self._new_targets)  # type: ignore[arg-type]
+        assert self._new_targets is not None  # set by this step's forward
+        self.memory.push(self._new_targets)
         self._new_targets = None

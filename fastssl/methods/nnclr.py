@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from fastssl.distributed import gather, gather_with_grad, rank
 from fastssl.losses.neighbours import nearest_neighbours, nnclr_loss
 from fastssl.methods.base import Encoder, Method, MethodOutput, Progress
 from fastssl.methods.memory import FeatureQueue
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -40,7 +40,7 @@ class NNCLRConfig:
 
 
 class NNCLR(Method):
-    def __init__(self, cfg: NNCLRConfig, backbone: torch.nn.Module) -> None:
+    def __init__(self, cfg: NNCLRConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         dims = [backbone.feature_dim, cfg.proj_hidden, cfg.proj_hidden, cfg.proj_dim]
@@ -63,6 +63,7 @@ class NNCLR(Method):
     def forward(self, batch: ViewBatch) -> MethodOutput:
         features, projections, predictions, _ = self.encode(batch.views["global"])
         z1, z2 = projections.chunk(2)
+        assert predictions is not None  # the encoder has a predictor
         p1, p2 = predictions.chunk(2)
         support = self.support.features  # as it was before this step, for both directions
         loss = self.contrast(p1, z2, support)
@@ -73,5 +74,6 @@ class NNCLR(Method):
 
     def after_optimizer_step(self, progress: Progress) -> None:
         """Push this step's projections of the second view, from every process."""
-        self.support.push(self._new_projections)  # type: ignore[arg-type]
+        assert self._new_projections is not None  # set by this step's forward
+        self.support.push(self._new_projections)
         self._new_projections = None

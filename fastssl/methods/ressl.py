@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from fastssl.losses.relational import ressl_loss
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.methods.memory import FeatureQueue
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -38,9 +38,10 @@ class ReSSLConfig:
 
 
 class ReSSL(Method):
+    teacher: EMATeacher
     cfg: ReSSLConfig
 
-    def __init__(self, cfg: ReSSLConfig, backbone: torch.nn.Module) -> None:
+    def __init__(self, cfg: ReSSLConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim])
@@ -50,14 +51,14 @@ class ReSSL(Method):
         self._new_keys: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
-        self.teacher.update(self.student)  # type: ignore[union-attr]
+        self.teacher.update(self.student)
 
     def objective(self, query: Tensor, key: Tensor, memory: Tensor) -> Tensor:
         """One direction: the student's relations of ``query`` to the teacher's of ``key``."""
         return ressl_loss(query, key, memory, self.cfg.temperature, self.cfg.teacher_temperature)
 
     def keys(self, images: Tensor, views: int) -> Tensor:
-        return self.teacher.projections(images, views, self.cfg.shuffle_bn)  # type: ignore[arg-type]
+        return self.teacher.projections(images, views, self.cfg.shuffle_bn)
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]  # strong first views, then weak second views
@@ -77,5 +78,6 @@ class ReSSL(Method):
 
     def after_optimizer_step(self, progress: Progress) -> None:
         """Push this step's teacher embeddings of the weak view, from every process."""
-        self.memory.push(self._new_keys)  # type: ignore[arg-type]
+        assert self._new_keys is not None  # set by this step's forward
+        self.memory.push(self._new_keys)
         self._new_keys = None

@@ -18,6 +18,7 @@ import torch
 from fastssl.distributed import gather_with_grad, rank
 from fastssl.losses.infonce import Backend, batch_info_nce, nt_xent
 from fastssl.methods.base import Encoder, Method, MethodOutput
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -33,7 +34,7 @@ class SimCLRConfig:
 
 
 class SimCLR(Method):
-    def __init__(self, cfg: SimCLRConfig, backbone: torch.nn.Module) -> None:
+    def __init__(self, cfg: SimCLRConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         dims = [backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim]

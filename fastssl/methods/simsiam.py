@@ -17,11 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import chain
 
-import torch
-
 from fastssl.config import OptimConfig
 from fastssl.losses.cosine import negative_cosine
 from fastssl.methods.base import Encoder, Method, MethodOutput
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from fastssl.train.optim import decay_groups
 from pipelines.batch import ViewBatch
@@ -38,7 +37,7 @@ class SimSiamConfig:
 
 
 class SimSiam(Method):
-    def __init__(self, cfg: SimSiamConfig, backbone: torch.nn.Module) -> None:
+    def __init__(self, cfg: SimSiamConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         projector = mlp(
@@ -55,13 +54,15 @@ class SimSiam(Method):
         """The encoder on the schedule; the predictor at the peak lr when ``predictor_fixed_lr``."""
         student = self.student
         encoder = chain(student.backbone.parameters(), student.projector.parameters())
-        predictor = student.predictor.parameters()  # type: ignore[union-attr]
+        assert student.predictor is not None
+        predictor = student.predictor.parameters()
         return decay_groups(encoder, cfg) + decay_groups(predictor, cfg, fixed_lr=self.cfg.predictor_fixed_lr)
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         features, projections, predictions, _ = self.encode(batch.views["global"])
         z1, z2 = projections.chunk(2)
-        p1, p2 = predictions.chunk(2)  # type: ignore[union-attr]
+        assert predictions is not None  # the encoder has a predictor
+        p1, p2 = predictions.chunk(2)
         # negative_cosine stops the gradient at its target: z reaches the loss only through p.
         loss = 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
         return MethodOutput(loss, {}, features.detach(), z1.detach())

@@ -23,6 +23,7 @@ from fastssl.distributed import gather, rank
 from fastssl.losses.neighbours import nearest_neighbours, snclr_loss
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.methods.memory import FeatureQueue
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -48,7 +49,9 @@ def head(dims: list[int]) -> torch.nn.Module:
 
 
 class SNCLR(Method):
-    def __init__(self, cfg: SNCLRConfig, backbone: torch.nn.Module) -> None:
+    teacher: EMATeacher
+
+    def __init__(self, cfg: SNCLRConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         projector = head([backbone.feature_dim, cfg.proj_hidden, cfg.proj_hidden, cfg.proj_dim])
@@ -59,7 +62,7 @@ class SNCLR(Method):
         self._new_targets: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
-        self.teacher.update(self.student)  # type: ignore[union-attr]
+        self.teacher.update(self.student)
 
     def contrast(self, prediction: Tensor, projection: Tensor, target: Tensor, memory: Tensor) -> Tensor:
         """One direction: the ``prediction`` and ``projection`` of one view against the
@@ -72,8 +75,9 @@ class SNCLR(Method):
         images = batch.views["global"]
         features, projections, predictions, _ = self.encode(images)
         z1, z2 = projections.chunk(2)
+        assert predictions is not None  # the encoder has a predictor
         p1, p2 = predictions.chunk(2)
-        t1, t2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)  # type: ignore[arg-type]
+        t1, t2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)
         memory = self.memory.features  # as it was before this step, for both directions
         loss = self.contrast(p1, z1, t2, memory)
         if self.cfg.symmetric:
@@ -83,5 +87,6 @@ class SNCLR(Method):
 
     def after_optimizer_step(self, progress: Progress) -> None:
         """Push this step's target embeddings of the second view, from every process."""
-        self.memory.push(self._new_targets)  # type: ignore[arg-type]
+        assert self._new_targets is not None  # set by this step's forward
+        self.memory.push(self._new_targets)
         self._new_targets = None

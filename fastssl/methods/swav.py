@@ -18,6 +18,7 @@ scored with the current prototypes, their codes discarded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,7 @@ from fastssl.distributed import rank, world_size
 from fastssl.losses.swav import sinkhorn_knopp, swapped_prediction
 from fastssl.methods.base import Method, MethodOutput, Progress, PrototypeEncoder
 from fastssl.methods.memory import FeatureQueue
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import Prototypes, mlp
 from pipelines.batch import ViewBatch
 
@@ -49,7 +51,7 @@ class SwAVConfig:
 class SwAV(Method):
     student: PrototypeEncoder
 
-    def __init__(self, cfg: SwAVConfig, backbone: nn.Module) -> None:
+    def __init__(self, cfg: SwAVConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim], hidden_bn=True)
@@ -74,7 +76,7 @@ class SwAV(Method):
         codes = []
         for view, view_scores in enumerate(scores):
             if use_queue:
-                stored = self.queues[view].features.tensor_split(world_size())[rank()]
+                stored = cast(FeatureQueue, self.queues[view]).features.tensor_split(world_size())[rank()]
                 view_scores = torch.cat([view_scores, self.student.prototypes(stored).to(view_scores.dtype)])
             codes.append(sinkhorn_knopp(view_scores, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[: scores.shape[1]])
         return torch.stack(codes)
@@ -86,7 +88,8 @@ class SwAV(Method):
         local = batch.views.get("local")
         if local is not None:
             scores.append(self.encode(local).prediction)
-        all_scores = torch.cat(scores).view(-1, n, k)  # V×N×K, the two global views first
+        # V×N×K, the two global views first; a PrototypeEncoder's prediction is its scores, never None
+        all_scores = torch.cat(cast(list[Tensor], scores)).view(-1, n, k)
         codes = self.assign(all_scores[:2].detach())
         loss = swapped_prediction(all_scores, codes, self.cfg.temperature)
         self._new_projections = global_views.projection.detach()
@@ -101,6 +104,7 @@ class SwAV(Method):
     def after_optimizer_step(self, progress: Progress) -> None:
         """Store this step's projections of each global view, from every process."""
         if len(self.queues):
-            for queue, projections in zip(self.queues, self._new_projections.chunk(2), strict=True):  # type: ignore[union-attr]
-                queue.push(projections)
+            assert self._new_projections is not None  # set by this step's forward
+            for queue, projections in zip(self.queues, self._new_projections.chunk(2), strict=True):
+                cast(FeatureQueue, queue).push(projections)
         self._new_projections = None

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from fastssl.distributed import gather_with_full_grad
 from fastssl.losses.vicreg import vicreg_terms
 from fastssl.methods.base import Encoder, Method, MethodOutput
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -36,7 +35,7 @@ class VICRegConfig:
 
 
 class VICReg(Method):
-    def __init__(self, cfg: VICRegConfig, backbone: torch.nn.Module) -> None:
+    def __init__(self, cfg: VICRegConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         dims = [backbone.feature_dim, cfg.proj_hidden, cfg.proj_hidden, cfg.proj_dim]

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from fastssl.distributed import gather, gather_with_full_grad
 from fastssl.losses.vicregl import cell_centres, vicregl_loss
 from fastssl.methods.base import Encoded, Encoder, Method, MethodOutput
 from fastssl.methods.vicreg import VICRegConfig
+from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from pipelines.batch import ViewBatch
 
@@ -47,7 +47,7 @@ class LocalEncoder(Encoder):
     loop wraps in DDP. With ``with_map`` the returned ``feature_map`` is the local
     embedding of every cell of the backbone's last map, N×D'×h×w."""
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, local_projector: nn.Module) -> None:
+    def __init__(self, backbone: Backbone, projector: nn.Module, local_projector: nn.Module) -> None:
         super().__init__(backbone, projector)
         self.local_projector = local_projector
 
@@ -64,7 +64,7 @@ class LocalEncoder(Encoder):
 
 
 class VICRegL(Method):
-    def __init__(self, cfg: VICRegLConfig, backbone: torch.nn.Module) -> None:
+    def __init__(self, cfg: VICRegLConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
         d = backbone.feature_dim
@@ -76,13 +76,15 @@ class VICRegL(Method):
     def forward(self, batch: ViewBatch) -> MethodOutput:
         features, projections, _, local = self.encode(batch.views["global"], with_map=True)
         z1, z2 = projections.chunk(2)
-        h, w = local.shape[-2:]  # type: ignore[union-attr]
-        maps1, maps2 = local.flatten(2).transpose(1, 2).chunk(2)  # type: ignore[union-attr]  # N×(h·w)×D', raster order
+        assert local is not None  # asked for with_map
+        h, w = local.shape[-2:]
+        maps1, maps2 = local.flatten(2).transpose(1, 2).chunk(2)  # N×(h·w)×D', raster order
         meta = batch.meta["global"]
         centres1, centres2 = cell_centres(meta.boxes, meta.flipped, h, w).chunk(2)
         # Batch statistics over every process's images; matching stays within each image.
         parts = vicregl_loss(
-            *map(gather_with_full_grad, (z1, z2, maps1, maps2)),
+            gather_with_full_grad(z1), gather_with_full_grad(z2),
+            gather_with_full_grad(maps1), gather_with_full_grad(maps2),
             gather(centres1), gather(centres2),
             self.cfg.alpha, self.cfg.num_matches, self.cfg.weights, self.cfg.all_feature_matches,
         )

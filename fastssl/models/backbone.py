@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Iterator
+from typing import Protocol
+
+from torch import Tensor
+from torch.nn import Parameter
 
 from fastssl.config import ModelConfig
-from fastssl.models.resnet import build_backbone
+from fastssl.models.resnet import ResNet, build_backbone
 from fastssl.models.vit import ViT
 
 
-def backbone_from_config(cfg: ModelConfig, image_size: int, bn_group_size: int) -> nn.Module:
+class Backbone(Protocol):
+    """What the methods use of a backbone (``ResNet``, ``ViT``; both ``nn.Module``s): the
+    width of its pooled features, its three forward passes and its parameters."""
+
+    feature_dim: int
+
+    def __call__(self, x: Tensor) -> Tensor: ...  # ``forward`` through nn.Module's hooks
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled features, N×D."""
+        ...
+
+    def forward_map(self, x: Tensor) -> Tensor:
+        """The last feature map, N×D×h×w."""
+        ...
+
+    def forward_with_map(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pooled features, last feature map) from one pass."""
+        ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]: ...
+
+
+def backbone_from_config(cfg: ModelConfig, image_size: int, bn_group_size: int) -> ResNet | ViT:
     """``cfg``'s backbone for images of ``image_size`` pixels; ``bn_group_size``: images per
     split-BN group (ResNets with ``norm="split_bn"``). Every backbone has ``feature_dim``,
     ``forward`` (pooled features) and ``forward_map`` (the last feature map)."""

@@ -48,6 +48,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         biased_var = invstds.detach().pow(-2) - self.eps
         unbiased_var = biased_var * count / max(count - 1, 1)
         momentum = self.momentum if self.momentum is not None else 0.1
+        # Called only with track_running_stats, so BN registered the buffers (a host-side check).
+        assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
         self.running_mean.lerp_(means.detach().mean(0), momentum)
         self.running_var.lerp_(unbiased_var.mean(0), momentum)
         self.num_batches_tracked.add_(1)

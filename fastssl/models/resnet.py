@@ -14,7 +14,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from fastssl.models.norm import norm_layer
 
-LAYERS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
+LAYERS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))
+}
 
 
 class ResNet(nn.Module):
@@ -24,6 +26,8 @@ class ResNet(nn.Module):
     keep the stem's max-pool (Mini-SSL keeps it for Tiny-ImageNet, drops it for CIFAR);
     ``width``: channels of the first stage (64 in the papers; smaller for CPU demos).
     """
+
+    feature_dim: int  # width of the pooled features
 
     def __init__(
         self,
@@ -61,7 +65,7 @@ class ResNet(nn.Module):
             # Mini-SSL swaps conv1 in after torchvision's init, so it keeps PyTorch's default.
             self.conv1.reset_parameters()
 
-    def _make_layer(self, block: type, planes: int, depth: int, stride: int) -> nn.Sequential:
+    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, depth: int, stride: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self._inplanes != planes * block.expansion:
             downsample = nn.Sequential(

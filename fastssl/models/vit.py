@@ -6,7 +6,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 TIMM_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224"}
 
@@ -15,15 +20,18 @@ class ViT(nn.Module):
     """A timm ViT returning the class token's features (and, on request, the patch tokens
     as a feature map)."""
 
+    net: VisionTransformer
+    feature_dim: int  # width of the class token's features
+
     def __init__(self, arch: str, image_size: int, patch_size: int) -> None:
         super().__init__()
         try:
             import timm
         except ImportError as error:
             raise ImportError(f"--model.arch {arch} needs the [vit] extra: pip install -e '.[vit]'") from error
-        self.net = timm.create_model(
+        self.net = cast("VisionTransformer", timm.create_model(
             TIMM_NAMES[arch], img_size=image_size, patch_size=patch_size, num_classes=0, dynamic_img_size=True
-        )
+        ))
         self.feature_dim = self.net.num_features
 
     def forward_with_map(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from fastssl.config import TrainConfig
@@ -31,7 +31,7 @@ from fastssl.eval.collapse import collapse_metrics
 from fastssl.eval.knn import extract_features, knn_accuracy
 from fastssl.eval.online import OnlineProbe
 from fastssl.methods.base import Method, Progress
-from fastssl.models.backbone import backbone_from_config
+from fastssl.models.backbone import Backbone, backbone_from_config
 from fastssl.train import checkpoint
 from fastssl.train.optim import build_optimizer
 from fastssl.train.schedule import warmup_cosine
@@ -100,7 +100,7 @@ class Trainer:
         self,
         cfg: TrainConfig,
         method_name: str,
-        build_method: Callable[[nn.Module], Method],
+        build_method: Callable[[Backbone], Method],
         views: ViewRecipe,
     ) -> None:
         self.cfg, self.method_name = cfg, method_name
@@ -148,7 +148,7 @@ class Trainer:
         if m.norm == "sync_bn":
             backbone = convert_sync_bn(backbone)  # type: ignore[assignment]
         memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
-        self.method = build_method(backbone).to(self.device, memory_format=memory_format)
+        self.method = build_method(backbone).to(self.device).to(memory_format=memory_format)
         if o.accumulate_steps > 1 and not self.method.accumulation_safe:
             raise RunError(
                 f"--optim.accumulate-steps {o.accumulate_steps}: {method_name}'s loss depends on the whole "
