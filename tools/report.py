@@ -254,19 +254,21 @@ def curves(run: Run) -> dict[str, tuple[list[float], list[float], list[float]]]:
 def curve_figure(cells: list[Cell], name: str, against_time: bool) -> Figure:
     data_sets = sorted({c.data for c in cells})
     figure, axes = plt.subplots(1, len(data_sets), figsize=(6 * len(data_sets), 4.5), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    colours = plt.get_cmap("tab20")
+    styles = ("-", "--", ":")  # beyond 20 rows, colours repeat with another line style
     for index, cell in enumerate(cells):
         ax = axes[0, data_sets.index(cell.data)]
         for number, run in enumerate(cell.runs):
             epochs, minutes, ys = curves(run)[name]
-            ax.plot(minutes if against_time else epochs, ys, color=colours(index % 10), linewidth=1,
-                    label=f"{cell.label} n={len(cell.runs)}" if number == 0 else None)
+            label = f"{cell.label} n={len(cell.runs)}" if number == 0 else None
+            ax.plot(minutes if against_time else epochs, ys, color=colours(index % 20), linewidth=1,
+                    linestyle=styles[index // 20 % 3], label=label)
     for ax, data in zip(axes[0], data_sets, strict=True):
         ax.set_title(data)
         ax.set_xlabel("wall-clock minutes" if against_time else "epoch")
         ax.set_ylabel("student kNN accuracy %" if name == "knn" else "training loss")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     figure.tight_layout()
     return figure
 

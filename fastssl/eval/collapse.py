@@ -17,7 +17,7 @@ from torch import Tensor
 
 @torch.no_grad()
 def collapse_metrics(embedding: Tensor) -> dict[str, Tensor]:
-    z = embedding.float()
+    z = torch.nan_to_num(embedding.float())  # a diverged step is reported by its loss, not here
     std = F.normalize(z, dim=1).std(0).mean()
     singular = torch.linalg.svdvals(z)
     p = singular / singular.sum().clamp(min=1e-12)

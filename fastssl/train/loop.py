@@ -321,6 +321,12 @@ class Trainer:
                 bar.update(1)
                 if log_now:
                     values = meter.read()  # the one synchronisation of a logging window
+                    if not math.isfinite(values["loss"]):
+                        raise RunError(
+                            f"the loss became {values['loss']} by epoch {epoch + 1} step {step + 1}: training "
+                            f"diverged (try a lower --optim.lr-per-256 or a longer --optim.warmup-epochs); "
+                            f"{self.checkpoint_path} holds the last finished epoch"
+                        )
                     seconds = time.perf_counter() - window_start
                     self.train_seconds += seconds
                     self.images_seen += window_images

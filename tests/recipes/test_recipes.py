@@ -100,3 +100,11 @@ def test_lars_vit_deterministic_tensorboard_and_collapse_metrics(tiny_dataset, t
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert summary["config"]["model"]["arch"] == "vit_tiny"
     torch.use_deterministic_algorithms(False)
+
+
+def test_a_diverging_run_stops_with_one_line_naming_the_step(tiny_dataset, tmp_path):
+    result = cli("--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), *TINY, "--optim.lr-per-256", "1e30",
+                 "--optim.warmup-epochs", "0", "--optim.epochs", "2", "--method.queue-size", "32")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training diverged" in lines[0] and "epoch 1 step" in lines[0]
