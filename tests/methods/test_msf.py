@@ -1,4 +1,3 @@
-import copy
 import dataclasses
 
 import torch
@@ -7,7 +6,13 @@ import torch.nn.functional as F
 from fastssl.losses.neighbours import msf_loss, nearest_neighbours
 from fastssl.methods.base import Progress
 from fastssl.methods.msf import MSF, MSFConfig
-from tests.methods.common import batch, swapped, tiny_backbone
+from tests.methods.common import (
+    assert_ema_in_before_step,
+    assert_only_the_student_learns,
+    batch,
+    swapped,
+    tiny_backbone,
+)
 
 PROGRESS = Progress(epoch=0, step=0, steps_per_epoch=1, epochs=1)
 
@@ -20,30 +25,12 @@ def small_msf(**overrides):
 
 
 
-def test_no_gradient_reaches_the_teacher_or_the_memory():
+def test_only_the_student_learns_and_the_teacher_follows_by_ema_before_the_step():
     torch.manual_seed(0)
     method = small_msf()
-    method.teacher.requires_grad_(True)  # even were they to ask for one
-    method.memory.features.requires_grad_(True)
-    method(batch()).loss.backward()
-    assert all(p.grad is None for p in method.teacher.parameters())
-    assert method.memory.features.grad is None
-    assert all(p.grad is not None for p in method.student.parameters())
+    assert_only_the_student_learns(method, batch())
     assert method.teacher.network.predictor is None and set(method.monitored_backbones()) == {"student", "teacher"}
-
-
-def test_teacher_follows_by_ema_before_the_step():
-    torch.manual_seed(0)
-    method = small_msf()
-    with torch.no_grad():
-        for p in method.student.parameters():
-            p.add_(1.0)
-    before = copy.deepcopy(method.teacher.network)
-    method.before_step(PROGRESS)
-    teacher = dict(method.teacher.network.named_parameters())
-    student = dict(method.student.named_parameters())
-    for name, t0 in before.named_parameters():
-        torch.testing.assert_close(teacher[name], 0.99 * t0 + 0.01 * student[name])
+    assert_ema_in_before_step(method, PROGRESS, 0.99)
 
 
 def test_prediction_of_the_strong_view_shifts_to_the_weak_targets_neighbours():
