@@ -122,7 +122,7 @@ def baseline_batches(trainer: Trainer, workers: int):
     """ViewBatches from a torchvision DataLoader with PIL transforms (NCHW, fp32)."""
     split = cast("TensorSplit", trainer.loader.train)  # the benchmark's data sets are in the tensor format
     pixels = split.images.permute(0, 2, 3, 1).cpu().numpy()
-    config = next(iter(trainer.loader.recipe.groups.values())).config
+    config = trainer.loader.recipe.first
     dataset = PilTwoViews(lambda i: pixels[i], len(split), config)
     loader = torch.utils.data.DataLoader(dataset, batch_size=trainer.loader.batch_size, shuffle=True,
                                          num_workers=workers, drop_last=True, pin_memory=True,
@@ -172,7 +172,7 @@ def measure(name: str, opts: Options, out_dir: Path) -> dict[str, Any]:
 def bare_step(trainer: Trainer):
     """Forward+backward of the trainer's (compiled) student backbone alone on 2×batch views."""
     backbone = cast(nn.Module, trainer.method.student.backbone)  # a ResNet or ViT
-    size = next(iter(trainer.loader.recipe.groups.values())).config.size
+    size = trainer.loader.recipe.first.size
     views = torch.randn(2 * trainer.loader.batch_size // trainer.accelerator.num_processes, 3, size, size,
                         device=trainer.device).contiguous(memory_format=torch.channels_last)
 

@@ -193,8 +193,8 @@ class Loader:
         if split not in self._eval_splits:
             self._eval_splits[split] = open_split(self.info, split, self.device)
         data = self._eval_splits[split]
-        size = next(iter(self.recipe.groups.values())).config.size
-        crop, normalize = centre_square(size), Normalize(*self.recipe.mean_std)
+        first = self.recipe.first
+        crop, normalize = centre_square(first.size), Normalize(first.mean, first.std)
         shard = -(-len(data) // self.world)
         positions = torch.arange(self.rank * shard, (self.rank + 1) * shard).clamp(max=len(data) - 1)
         for start in range(0, shard, batch_size):

@@ -200,9 +200,10 @@ class ViewRecipe:
             pipeline.fused, pipeline.out_dtype = fused, out_dtype
 
     @property
-    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        first = next(iter(self.groups.values())).config
-        return first.mean, first.std
+    def first(self) -> ViewConfig:
+        """The first group's shared settings: evaluation images take its size and
+        normalisation, and a ViT its image size."""
+        return next(iter(self.groups.values())).config
 
 
 def two_views(config: ViewConfig) -> ViewRecipe:

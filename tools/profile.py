@@ -169,7 +169,7 @@ def baseline_images_per_s(cfg: ProfileConfig, trainer: Trainer) -> float | None:
         read = lambda i: pixels[i]  # noqa: E731
     else:
         return None
-    config = next(iter(trainer.loader.recipe.groups.values())).config
+    config = trainer.loader.recipe.first
     dataset = PilTwoViews(read, len(split), config)
     batch = trainer.loader.batch_size
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=cfg.workers,

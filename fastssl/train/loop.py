@@ -144,7 +144,7 @@ class Trainer:
                     f"their {per_process} images per view evenly"
                 )
             group_size = per_process // (m.bn_splits // world)
-        backbone = backbone_from_config(m, next(iter(views.groups.values())).config.size, group_size)
+        backbone = backbone_from_config(m, views.first.size, group_size)
         if m.norm == "sync_bn":
             backbone = convert_sync_bn(backbone)  # type: ignore[assignment]
         memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
