@@ -27,8 +27,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from fastssl.config import ModelConfig
 from fastssl.eval.linear import headline
 from fastssl.models.backbone import backbone_from_config
 from fastssl.models.vit import TIMM_NAMES, ViT
-from fastssl.train import checkpoint
+from fastssl.train.checkpoint import save_atomic, write_atomic
 from pipelines.views import ViewConfig
 
 STUDENT_BACKBONE = "student.backbone."  # the prefix of its parameters in a checkpoint's "method"
@@ -149,16 +147,6 @@ def build_snippet(model: ModelConfig, image_size: int, weights_file: str = WEIGH
     return "\n".join([*lines, "model.fc = torch.nn.Identity()", load])
 
 
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(temporary)`` then rename to ``path``: a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda temporary: temporary.write_text(text))
 
@@ -215,7 +203,7 @@ def export(checkpoint_path: Path, out_dir: Path) -> dict[str, Any]:
     state = exported_state_dict(trained)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
-    checkpoint.save_atomic(state, weights)
+    save_atomic(state, weights)
     sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
     card = model_card(trained, checkpoint_path, weights, sha256)
     write_text_atomic(out_dir / CARD_FILE, json.dumps(card, indent=1))

@@ -40,7 +40,8 @@ from torch import Tensor  # noqa: E402
 
 from fastssl.cli import fail, parse  # noqa: E402
 from fastssl.eval.linear import SplitFeatures, extract_splits  # noqa: E402
-from fastssl.export import CheckpointError, load_backbone, write_atomic  # noqa: E402
+from fastssl.export import CheckpointError, load_backbone  # noqa: E402
+from fastssl.train.checkpoint import write_atomic  # noqa: E402
 from pipelines.dataset import DatasetError, DatasetInfo, read_info  # noqa: E402
 from pipelines.loader import centre_square, centre_square_params, open_split  # noqa: E402
 

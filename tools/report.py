@@ -46,7 +46,8 @@ import tyro  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from fastssl.cli import fail, parse  # noqa: E402
-from fastssl.export import write_atomic, write_text_atomic  # noqa: E402
+from fastssl.export import write_text_atomic  # noqa: E402
+from fastssl.train.checkpoint import write_atomic  # noqa: E402
 
 PROGRAM = "report.py"
 # Settings that do not change what is trained: runs differing only in these (and the seed) pool.

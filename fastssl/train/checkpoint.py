@@ -1,21 +1,28 @@
-"""Atomic checkpoints: written to a temporary name, renamed when complete."""
+"""Atomic checkpoints (and any other file of a run): written to a temporary name, renamed
+when complete."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-def save_atomic(state: dict[str, Any], path: Path) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(temporary)`` then rename to ``path``: a reader never sees half a file."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(state, temporary)
+        write(temporary)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    write_atomic(path, lambda temporary: torch.save(state, temporary))
 
 
 def load(path: Path) -> dict[str, Any]:
