@@ -31,7 +31,6 @@ on the development machine) and would give views that differ from the other back
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from nvidia.dali.pipeline import Pipeline
 from PIL import Image
 from torch import Tensor
 
-from pipelines.dataset import DatasetError, DatasetInfo
+from pipelines.dataset import DatasetError, DatasetInfo, usable_cpus
 from pipelines.sources import Sample, SourceError
 from pipelines.tensor import sha256
 
@@ -52,13 +51,6 @@ FILE_LIST = "file_list.txt"
 SPLIT_FILES = (FILE_LIST, "sizes.npy", "labels.npy", "indices.npy", "files.txt")
 # Encodings kept as they are: the file's leading bytes → the extension it is stored under.
 MAGIC = {b"\xff\xd8\xff": "jpg", b"\x89PNG\r\n\x1a\n": "png"}
-
-
-def _threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -152,14 +144,14 @@ def _build(device: torch.device, batch_size: int, source: Any = None, pad: bool 
     if source is None:  # fed batch by batch: nothing to overlap, so no prefetching
         pipe = Pipeline(
             batch_size=batch_size,
-            num_threads=_threads(),
+            num_threads=usable_cpus(),
             device_id=device_id,
             exec_pipelined=False,
             exec_async=False,
             prefetch_queue_depth=1,
         )
     else:
-        pipe = Pipeline(batch_size=batch_size, num_threads=_threads(), device_id=device_id, prefetch_queue_depth=2)
+        pipe = Pipeline(batch_size=batch_size, num_threads=usable_cpus(), device_id=device_id, prefetch_queue_depth=2)
     with pipe:
         encoded = fn.external_source(source=source, name="encoded", dtype=types.DALIDataType.UINT8, ndim=1, batch=True)
         images = fn.decoders.image(

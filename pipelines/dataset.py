@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,12 @@ def read_info(root: Path) -> DatasetInfo:
         )
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DatasetError(f"{meta_path}: unreadable metadata ({error})") from error
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. a container's share), for
+    the decoding threads of the FFCV and DALI backends."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import multiprocessing
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +46,7 @@ from ffcv.reader import Reader
 from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 from torch import Tensor
 
-from pipelines.dataset import DatasetError, DatasetInfo
+from pipelines.dataset import DatasetError, DatasetInfo, usable_cpus
 from pipelines.sources import Sample, SourceError, decode
 from pipelines.tensor import sha256
 
@@ -56,13 +55,6 @@ SPLIT_FILES = (BETON, "sizes.npy", "labels.npy", "indices.npy")
 PIXELS_TMP = ".pixels.tmp"  # decoded pixels between the two conversion passes
 CHUNK = 256
 JPG_TOLERANCE = 8.0  # mean absolute error (0…255) allowed for write_mode="jpg"
-
-
-def _threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -259,7 +251,7 @@ class _BetonImages:
             loader = FfcvLoader(
                 str(self.path),
                 batch_size=batch_size,
-                num_workers=_threads(),
+                num_workers=usable_cpus(),
                 order=OrderOption.SEQUENTIAL,
                 indices=order,
                 pipelines={"image": [SimpleRGBImageDecoder()], "label": None},
