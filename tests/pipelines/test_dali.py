@@ -1,6 +1,7 @@
-"""The ``dali`` backend keeps fastssl's contract: our order (not DALI's shuffler), the same
-labels, seed and resume behaviour, and the very same batches as the ``tensor`` backend
-(DALI's CPU decoder, libjpeg-turbo, gives PIL's pixels exactly for these files)."""
+"""What is particular to the ``dali`` backend: its files and file list, its stream in our
+order, images of any size. The contract every backend keeps (order, labels, seed, resume,
+the tensor backend's very batches: DALI's CPU decoder, libjpeg-turbo, gives PIL's pixels
+exactly for these files) is tested in tests/pipelines/test_backends.py."""
 
 import subprocess
 import sys
@@ -30,10 +31,6 @@ def converted(tmp_path_factory):
     return {fmt: convert(root / "source", root / fmt, fmt) for fmt in ("tensor", "dali")}
 
 
-def loader(path, seed=0, batch=16):
-    return Loader(path, two_views(ViewConfig()), batch, CPU, seed=seed)
-
-
 def test_conversion_keeps_the_files_and_writes_a_dali_file_list(converted, tmp_path):
     folder = converted["dali"] / "train"
     sources = (folder / "files.txt").read_text().split()
@@ -46,42 +43,6 @@ def test_conversion_keeps_the_files_and_writes_a_dali_file_list(converted, tmp_p
         original = (converted["tensor"].parent / "source" / source).read_bytes()
         assert (folder / name).read_bytes() == original  # never re-encoded
     assert np.load(folder / "sizes.npy").tolist() == [[32, 32]] * 50
-
-
-def test_epoch_covers_every_image_once_with_its_label(converted):
-    data = loader(converted["dali"])
-    labels = np.load(converted["dali"] / "train" / "labels.npy").tolist()
-    seen = []
-    for batch in data:
-        assert batch.views["global"].shape == (32, 3, 32, 32)
-        seen += batch.indices.tolist()
-        assert batch.labels.tolist() == [labels[i] for i in batch.indices.tolist()]
-    assert len(seen) == len(set(seen)) == 48
-    data.set_epoch(1)
-    assert [b.indices.tolist() for b in data] != [b.indices.tolist() for b in loader(converted["dali"])]
-
-
-def test_same_batches_as_the_tensor_backend_and_the_seed_decides(converted):
-    tensor, dali = loader(converted["tensor"], seed=5), loader(converted["dali"], seed=5)
-    for a, b in zip(tensor, dali, strict=True):
-        assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
-        torch.testing.assert_close(a.views["global"], b.views["global"], rtol=0, atol=0)
-        torch.testing.assert_close(a.meta["global"].boxes, b.meta["global"].boxes)
-    assert [b.indices.tolist() for b in loader(converted["dali"], seed=6)] != [
-        b.indices.tolist() for b in loader(converted["dali"], seed=5)
-    ]
-
-
-def test_resume_mid_epoch_gives_the_same_batches(converted):
-    straight = list(loader(converted["dali"], seed=1))
-    first = loader(converted["dali"], seed=1)
-    next(iter(first))
-    resumed = loader(converted["dali"], seed=1)
-    resumed.load_state_dict(first.state_dict())
-    rest = list(resumed)
-    assert len(rest) == len(straight) - 1
-    for a, b in zip(straight[1:], rest, strict=True):
-        assert torch.equal(a.indices, b.indices) and torch.equal(a.views["global"], b.views["global"])
 
 
 def test_stream_follows_the_given_order_and_matches_fetch(converted):

@@ -1,5 +1,6 @@
-"""The ffcv backend keeps the contract of every backend (tests/pipelines/test_backends.py)
-and yields the very batches of the tensor backend. Needs the [ffcv] extra."""
+"""What is particular to the ffcv backend: its files, its stream, images of any size, JPEG
+storage. The contract every backend keeps is tested in tests/pipelines/test_backends.py.
+Needs the [ffcv] extra."""
 
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pipelines.ffcv import FfcvSplit  # noqa: E402
 from pipelines.loader import Loader  # noqa: E402
 from pipelines.tensor import TensorSplit  # noqa: E402
 from pipelines.views import ViewConfig, two_views  # noqa: E402
-from tests.pipelines.test_backends import ROOT, convert, loader, source_labels, write_image_folder  # noqa: E402
+from tests.pipelines.test_backends import ROOT, convert, write_image_folder  # noqa: E402
 
 pytestmark = pytest.mark.ffcv
 CPU = torch.device("cpu")
@@ -40,57 +41,6 @@ def test_conversion_writes_the_beton_and_its_host_arrays(converted):
     assert set(train["sha256"]) == {"data.beton", "sizes.npy", "labels.npy", "indices.npy"}
     assert np.load(folder / "sizes.npy").tolist() == [[32, 32]] * 50
     assert not list(folder.glob(".*"))  # no temporary file left behind
-
-
-def test_epoch_covers_every_image_once_with_its_label(converted):
-    data = loader(converted["ffcv"])
-    assert len(data) == 50 // 16
-    seen, labels = [], source_labels(converted["ffcv"])
-    for batch in data:
-        assert batch.views["global"].shape == (32, 3, 32, 32)
-        seen += batch.indices.tolist()
-        assert batch.labels.tolist() == [labels[i] for i in batch.indices.tolist()]
-    assert len(seen) == len(set(seen)) == 48
-    data.set_epoch(1)
-    assert [b.indices.tolist() for b in data] != [b.indices.tolist() for b in loader(converted["ffcv"])]
-
-
-def test_ffcv_yields_the_tensor_backends_batches(converted):
-    for seed in (5, 6):
-        tensor, ffcv = loader(converted["tensor"], seed=seed), loader(converted["ffcv"], seed=seed)
-        for epoch in (0, 1):
-            tensor.set_epoch(epoch)
-            ffcv.set_epoch(epoch)
-            for a, b in zip(tensor, ffcv, strict=True):
-                assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
-                torch.testing.assert_close(a.views["global"], b.views["global"], rtol=0, atol=0)
-                torch.testing.assert_close(a.meta["global"].boxes, b.meta["global"].boxes)
-    assert [b.indices.tolist() for b in loader(converted["ffcv"], seed=6)] != [
-        b.indices.tolist() for b in loader(converted["ffcv"], seed=5)
-    ]
-    tensor_eval = list(loader(converted["tensor"]).eval_loader("test", 4))
-    ffcv_eval = list(loader(converted["ffcv"]).eval_loader("test", 4))
-    for a, b in zip(tensor_eval, ffcv_eval, strict=True):
-        assert torch.equal(a.indices, b.indices) and torch.equal(a.views["eval"], b.views["eval"])
-
-
-def test_resume_mid_epoch_gives_the_same_batches(converted):
-    straight = list(loader(converted["ffcv"], seed=1))
-    first = loader(converted["ffcv"], seed=1)
-    next(iter(first))  # abandons an FFCV epoch mid-way
-    state = first.state_dict()
-    resumed = loader(converted["ffcv"], seed=1)
-    resumed.load_state_dict(state)
-    rest = list(resumed)
-    assert len(rest) == len(straight) - 1
-    for a, b in zip(straight[1:], rest, strict=True):
-        assert torch.equal(a.indices, b.indices) and torch.equal(a.views["global"], b.views["global"])
-
-
-def test_ranks_share_out_the_single_process_batch(converted):
-    single = next(iter(loader(converted["ffcv"], seed=2)))
-    parts = [next(iter(loader(converted["ffcv"], seed=2, rank=r, world=2))) for r in range(2)]
-    assert torch.equal(torch.cat([p.indices for p in parts]), single.indices)
 
 
 def test_stream_and_fetch_give_the_stored_pixels_in_the_given_order(converted):
