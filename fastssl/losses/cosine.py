@@ -6,8 +6,9 @@ precision a cosine close to 1 needs.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
+
+from fastssl.losses.infonce import unit
 
 
 def negative_cosine(prediction: Tensor, target: Tensor) -> Tensor:
@@ -19,8 +20,7 @@ def negative_cosine(prediction: Tensor, target: Tensor) -> Tensor:
     ``prediction``, ``target``: N×D, row i of ``target`` is the target of row i of
     ``prediction``. No gradient reaches ``target``. Mean over the N rows.
     """
-    p = F.normalize(prediction.float(), dim=1)
-    z = F.normalize(target.detach().float(), dim=1)
+    p, z = unit(prediction), unit(target.detach())
     return -(p * z).sum(1).mean()
 
 

@@ -20,8 +20,10 @@ from fastssl.kernels.contrastive import chunked_lse, fused_available, fused_lse,
 Backend = Literal["auto", "plain", "chunked", "fused"]
 
 
-def _unit(x: Tensor) -> Tensor:
-    return F.normalize(x.float(), dim=1)
+def unit(x: Tensor) -> Tensor:
+    """``x`` upcast to fp32 and L2-normalised along its last dimension (the embeddings every
+    similarity-based loss compares)."""
+    return F.normalize(x.float(), dim=-1)
 
 
 def log_sum_exp(
@@ -45,7 +47,7 @@ def queue_info_nce(query: Tensor, key: Tensor, queue: Tensor, temperature: float
     ``query``, ``key``: N×D, row i of ``key`` is the positive of row i of ``query``;
     ``queue``: K×D negatives. Mean over the N queries.
     """
-    q, k, negatives = _unit(query), _unit(key), _unit(queue)
+    q, k, negatives = unit(query), unit(key), unit(queue)
     positive = (q * k).sum(1) / temperature
     return (log_sum_exp(q, negatives, temperature, extra=positive, backend=backend) - positive).mean()
 
@@ -60,7 +62,7 @@ def batch_info_nce(
     ``query``: N×D; ``keys``: M×D from the other view (all processes' keys, this process's
     starting at ``offset``). No same-view negatives: N×M logits, not 2N×2N.
     """
-    q, k = _unit(query), _unit(keys)
+    q, k = unit(query), unit(keys)
     positive = (q * k[offset : offset + len(q)]).sum(1) / temperature
     return (log_sum_exp(q, k, temperature, backend=backend) - positive).mean()
 
@@ -77,6 +79,6 @@ def nt_xent(
     projections of every process; ``self_index`` / ``positive_index``: where each anchor
     and its other view sit among the candidates. Each anchor has 2N − 2 negatives.
     """
-    a, c = _unit(anchors), _unit(candidates)
+    a, c = unit(anchors), unit(candidates)
     positive = (a * c[positive_index]).sum(1) / temperature
     return (log_sum_exp(a, c, temperature, exclude=self_index, backend=backend) - positive).mean()

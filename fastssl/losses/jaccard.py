@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastssl.losses.infonce import unit
+
 
 def jaccard_similarity(similarity_cosine: Tensor, dissimilarity_cosine: Tensor) -> Tensor:
     """J = S / (S + D) from the cosines of the similarity head (S = 1 + cos) and of the
@@ -38,8 +40,8 @@ def jaccard_similarity(similarity_cosine: Tensor, dissimilarity_cosine: Tensor) 
 
 def _heads(x: Tensor) -> tuple[Tensor, Tensor]:
     """The halves of rows [g_p | g_n], each L2-normalised, in fp32."""
-    p, n = x.float().chunk(2, dim=1)
-    return F.normalize(p, dim=1), F.normalize(n, dim=1)
+    p, n = x.chunk(2, dim=1)
+    return unit(p), unit(n)
 
 
 def _cosines(query: Tensor, key: Tensor, queue: Tensor) -> Tensor:

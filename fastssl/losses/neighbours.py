@@ -11,15 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _unit(x: Tensor) -> Tensor:
-    return F.normalize(x.float(), dim=-1)
+from fastssl.losses.infonce import unit
 
 
 def _cosines(x: Tensor, rows: Tensor) -> Tensor:
     """cos(x_i, rows_ij) for N×D ``x`` and N×k×D ``rows``, elementwise so that it stays in
     fp32 under autocast (2 − 2·cos near 0 needs more than bf16's 8 bits)."""
-    return (_unit(x)[:, None] * _unit(rows)).sum(-1)
+    return (unit(x)[:, None] * unit(rows)).sum(-1)
 
 
 @torch.no_grad()
@@ -30,7 +28,7 @@ def nearest_neighbours(query: Tensor, memory: Tensor, k: int) -> tuple[Tensor, T
     The similarities are ranked in fp32 even under autocast: close neighbours' cosines near
     1 can differ by less than bf16's resolution there (2⁻⁸), which would tie or swap them."""
     with torch.autocast(query.device.type, enabled=False):
-        similarity = _unit(query) @ _unit(memory).T
+        similarity = unit(query) @ unit(memory).T
     indices = similarity.topk(k, dim=1).indices
     return indices, memory[indices]
 
@@ -58,7 +56,7 @@ def nnclr_loss(
     ``all_predictions`` (M×D) and ``all_neighbours`` (M×k×D): every process's, this
     process's rows starting at ``offset``. In one process they are the same tensors.
     """
-    p, nn, all_p, all_nn = _unit(prediction), _unit(neighbours), _unit(all_predictions), _unit(all_neighbours)
+    p, nn, all_p, all_nn = unit(prediction), unit(neighbours), unit(all_predictions), unit(all_neighbours)
     n, k, dim = nn.shape
     own = torch.arange(n, device=p.device) + offset
     # Neighbour as anchor: N·k rows, each picking its image's prediction out of all M.
@@ -102,7 +100,7 @@ def snclr_loss(
     ``prediction``, ``projection``: n×D, this process's; ``candidates``: M×(1+k)×D, every
     process's targets with their neighbours, this process's rows starting at ``offset``.
     """
-    p, c = _unit(prediction), _unit(candidates)
+    p, c = unit(prediction), unit(candidates)
     n, dim = p.shape
     rows = torch.arange(n, device=p.device)
     # Positiveness of each own neighbour: the cross-attention softmax over its k cosines.

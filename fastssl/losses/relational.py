@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _unit(x: Tensor) -> Tensor:
-    return F.normalize(x.float(), dim=1)
+from fastssl.losses.infonce import unit
 
 
 def ressl_loss(query: Tensor, key: Tensor, memory: Tensor, temperature: float, teacher_temperature: float) -> Tensor:
@@ -27,7 +25,7 @@ def ressl_loss(query: Tensor, key: Tensor, memory: Tensor, temperature: float, t
     ``query``, ``key``: N×D, row i of ``key`` from the other view of row i's image;
     ``memory``: K×D. Mean over the N queries.
     """
-    q, k, m = _unit(query), _unit(key).detach(), _unit(memory).detach()
+    q, k, m = unit(query), unit(key).detach(), unit(memory).detach()
     target = F.softmax(k @ m.T / teacher_temperature, dim=1)
     return -(target * F.log_softmax(q @ m.T / temperature, dim=1)).sum(1).mean()
 
@@ -41,7 +39,7 @@ def sce_target(key: Tensor, memory: Tensor, teacher_temperature: float, coeffici
     teacher's similarities, in which the positive's similarity to itself is masked (Eq. 5:
     it gets no relational mass). Each row sums to 1. N×(1+K), no gradient.
     """
-    k, m = _unit(key).detach(), _unit(memory).detach()
+    k, m = unit(key).detach(), unit(memory).detach()
     relation = F.softmax(k @ m.T / teacher_temperature, dim=1)
     return torch.cat([torch.full_like(relation[:, :1], coefficient), (1 - coefficient) * relation], dim=1)
 
@@ -60,7 +58,7 @@ def sce_loss(
     at τ_m = 0.05 against thousands of memory slots); fastssl follows Eq. 5.
     ``query``, ``key``: N×D; ``memory``: K×D. Mean over the N queries.
     """
-    q, k, m = _unit(query), _unit(key).detach(), _unit(memory).detach()
+    q, k, m = unit(query), unit(key).detach(), unit(memory).detach()
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ m.T], dim=1) / temperature
     target = sce_target(k, m, teacher_temperature, coefficient)
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
