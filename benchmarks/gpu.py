@@ -48,11 +48,10 @@ from fastssl.methods.base import Progress  # noqa: E402
 from fastssl.recipe import build_trainer, load_recipe  # noqa: E402
 from fastssl.train.loop import Meter, Trainer  # noqa: E402
 from pipelines.batch import ViewBatch  # noqa: E402
-from pipelines.reference import PilTwoViews  # noqa: E402
-from tools.profile import ProfileConfig, profile  # noqa: E402
+from tools.profile import ProfileConfig, pil_dataloader, profile  # noqa: E402
 
 if TYPE_CHECKING:
-    from pipelines.tensor import TensorSplit
+    pass
 
 # Dense bf16 tensor-core peaks (NVIDIA data sheets, without sparsity), FLOP/s.
 PEAK_BF16 = {"H100 SXM": 989.4e12, "H100 PCIe": 756.5e12, "H100 NVL": 835.5e12, "H200": 989.4e12, "A100": 312e12}
@@ -119,14 +118,9 @@ def flops_per_step(trainer: Trainer) -> float:
 
 
 def baseline_batches(trainer: Trainer, workers: int):
-    """ViewBatches from a torchvision DataLoader with PIL transforms (NCHW, fp32)."""
-    split = cast("TensorSplit", trainer.loader.train)  # the benchmark's data sets are in the tensor format
-    pixels = split.images.permute(0, 2, 3, 1).cpu().numpy()
-    config = trainer.loader.recipe.first
-    dataset = PilTwoViews(lambda i: pixels[i], len(split), config)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=trainer.loader.batch_size, shuffle=True,
-                                         num_workers=workers, drop_last=True, pin_memory=True,
-                                         persistent_workers=workers > 0)
+    """ViewBatches from the PIL ``DataLoader`` baseline (NCHW, fp32)."""
+    loader = pil_dataloader(trainer, workers, pin_memory=True)
+    assert loader is not None, "the benchmark's data sets are in the tensor format"
     while True:
         for first, second in loader:
             views = torch.cat([first, second]).to(trainer.device, non_blocking=True)

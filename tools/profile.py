@@ -156,9 +156,10 @@ def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
     return {"stages_ms": stages_ms, "whole_step_ms": whole_ms, "batch_size": batch_size}
 
 
-def baseline_images_per_s(cfg: ProfileConfig, trainer: Trainer) -> float | None:
-    """Images/s of a torchvision DataLoader (PIL decode, per-image transforms, ``workers``
-    processes) making the same two views from the same data, or None for other formats."""
+def pil_dataloader(trainer: Trainer, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader | None:
+    """The usual baseline: a torchvision ``DataLoader`` whose ``workers`` processes decode the
+    trainer's training images with PIL and make the same two views image by image, yielding
+    (first views, second views); None for formats other than jpeg and tensor."""
     split = trainer.loader.train
     if trainer.info.format == "jpeg":
         jpeg = cast("JpegSplit", split)  # the jpeg format's split
@@ -169,18 +170,24 @@ def baseline_images_per_s(cfg: ProfileConfig, trainer: Trainer) -> float | None:
         read = lambda i: pixels[i]  # noqa: E731
     else:
         return None
-    config = trainer.loader.recipe.first
-    dataset = PilTwoViews(read, len(split), config)
-    batch = trainer.loader.batch_size
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=cfg.workers,
-                                         drop_last=True, persistent_workers=cfg.workers > 0)
+    dataset = PilTwoViews(read, len(split), trainer.loader.recipe.first)
+    return torch.utils.data.DataLoader(dataset, batch_size=trainer.loader.batch_size, shuffle=True,
+                                       num_workers=workers, drop_last=True, pin_memory=pin_memory,
+                                       persistent_workers=workers > 0)
+
+
+def baseline_images_per_s(cfg: ProfileConfig, trainer: Trainer) -> float | None:
+    """Images/s of ``pil_dataloader``, or None for other formats."""
+    loader = pil_dataloader(trainer, cfg.workers)
+    if loader is None:
+        return None
     batches = iter(loader)
     next(batches)
     start = time.perf_counter()
     count = min(cfg.steps, len(loader) - 1)
     for _ in range(count):
         next(batches)
-    rate = count * batch / (time.perf_counter() - start)
+    rate = count * trainer.loader.batch_size / (time.perf_counter() - start)
     del batches
     return rate
 
