@@ -7,6 +7,58 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+GROUP_DIMS = (1, 2, 3)  # of a G×g×H×W×C batch: the images of a group and their pixels
+
+
+def _grouped(x: Tensor, group_size: int) -> Tensor:
+    """N×C×H×W as G×g×H×W×C: a view in any memory format (only the batch dimension is
+    split). In channels-last memory each group is then one contiguous block with the
+    channel innermost, the layout in which reductions over (g, H, W), eager or compiled,
+    run fastest; per-channel parameters broadcast along the last dimension."""
+    return x.permute(0, 2, 3, 1).unflatten(0, (-1, group_size))
+
+
+class _GroupBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm with statistics per (group, channel) over the group's
+    m = g·H·W values, in fp32 whatever the input's precision (Ioffe & Szegedy, 2015,
+    Alg. 1). A few whole-batch ops per layer however many groups: one BN call per group
+    would cost an eager step two kernels per group and layer, and make the compiled graph,
+    and its compile time, grow with the group count. Saves the input in its own dtype and
+    the fp32 statistics; the backward recomputes x − μ."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, group_size: int, eps: float):  # type: ignore[override]
+        groups = _grouped(x, group_size)
+        mean = groups.mean(GROUP_DIMS, keepdim=True, dtype=torch.float32)
+        centred = groups - mean  # fp32 (type promotion)
+        var = centred.square().mean(GROUP_DIMS, keepdim=True)  # biased, as BN normalises
+        invstd = torch.rsqrt(var + eps)
+        # Written through a view into a tensor of x's shape and format, so the output is no
+        # view (the in-place ReLU after it may edit it).
+        out = torch.empty_like(x)
+        torch.addcmul(bias, centred, invstd * weight, out=_grouped(out, group_size))
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.group_size = group_size
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # no zero gradients made for the statistics
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _mean: Tensor, _var: Tensor):  # type: ignore[override]
+        x, weight, mean, invstd = ctx.saved_tensors
+        groups, grad = _grouped(x, ctx.group_size), _grouped(grad, ctx.group_size)
+        m = groups[0, ..., 0].numel()
+        centred = groups - mean
+        grad_bias = grad.sum(GROUP_DIMS, keepdim=True, dtype=torch.float32)  # Σ g
+        grad_centred = (grad * centred).sum(GROUP_DIMS, keepdim=True)  # Σ g·(x − μ)
+        # ∂L/∂x = γσ⁻¹·(g − Σg/m − (x − μ)·σ⁻²·Σg·(x − μ)/m), in two passes over the batch.
+        gain = weight * invstd
+        grad_x = torch.addcmul(-gain * grad_bias / m, grad, gain)
+        grad_x.addcmul_(centred, gain * invstd.square() * grad_centred / m, value=-1)
+        grad_weight = (grad_centred * invstd).sum((0, 1, 2, 3))  # Σ g·x̂
+        return (grad_x.to(x.dtype).flatten(0, 1).permute(0, 3, 1, 2), grad_weight.to(weight.dtype),
+                grad_bias.sum((0, 1, 2, 3)).to(weight.dtype), None, None)
+
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
     """Batch norm computed separately over groups of ``group_size`` consecutive images.
@@ -14,44 +66,38 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     The MoCo CIFAR demo's trick (used by Mini-SSL) for imitating multi-GPU BN statistics
     on one device. Fixing the group's size rather than the number of groups means a call
     on V views of N images stacked view-major (two global views, or six local crops) makes
-    V·k groups of N/k, as k devices would. Groups are contiguous blocks of the batch, so on a channels-last input
-    each group is a channels-last slice: the native fused kernel runs on it directly, with
-    no memory-format copy (the usual ``view(-1, C·k, H, W)`` needs an NCHW copy per
+    V·k groups of N/k, as k devices would. Groups are contiguous blocks of the batch, so
+    the batch is viewed as groups×images×H×W×C in any memory format, channels-last
+    included, with no copy (the usual ``view(-1, C·k, H, W)`` needs an NCHW copy per
     layer). The running statistics are the average of the groups' statistics, as in the
-    demo; evaluation is plain BN with them.
+    demo; evaluation is plain BN with them. Needs the affine parameters (the default).
     """
 
     def __init__(self, num_features: int, group_size: int, **kwargs) -> None:
         super().__init__(num_features, **kwargs)
+        if not self.affine:
+            raise ValueError("SplitBatchNorm2d needs affine=True")
         self.group_size = group_size
 
     def forward(self, x: Tensor) -> Tensor:
-        n = x.shape[0]
+        n, _, height, width = x.shape
         if not self.training or n == self.group_size:
             return super().forward(x)
         if n % self.group_size:
             raise ValueError(f"batch of {n} does not split into BN groups of {self.group_size}")
-        groups = x.view(n // self.group_size, self.group_size, *x.shape[1:])
-        outputs, means, invstds = zip(
-            *(
-                torch.native_batch_norm(g, self.weight, self.bias, None, None, True, 0.0, self.eps)
-                for g in groups.unbind(0)
-            ),
-            strict=True,
-        )
+        out, means, variances = _GroupBatchNorm.apply(x, self.weight, self.bias, self.group_size, self.eps)
         if self.track_running_stats:
-            self._update_running_stats(torch.stack(means), torch.stack(invstds), groups[0][:, 0].numel())
-        return torch.stack(outputs).flatten(0, 1)  # keeps the input's memory format
+            self._update_running_stats(means, variances, self.group_size * height * width)
+        return out  # in the input's memory format
 
     @torch.no_grad()
-    def _update_running_stats(self, means: Tensor, invstds: Tensor, count: int) -> None:
-        biased_var = invstds.detach().pow(-2) - self.eps
-        unbiased_var = biased_var * count / max(count - 1, 1)
+    def _update_running_stats(self, means: Tensor, variances: Tensor, count: int) -> None:
+        unbiased = variances * count / max(count - 1, 1)
         momentum = self.momentum if self.momentum is not None else 0.1
         # Called only with track_running_stats, so BN registered the buffers (a host-side check).
         assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
-        self.running_mean.lerp_(means.detach().mean(0), momentum)
-        self.running_var.lerp_(unbiased_var.mean(0), momentum)
+        self.running_mean.lerp_(means.mean((0, 1, 2, 3)), momentum)
+        self.running_var.lerp_(unbiased.mean((0, 1, 2, 3)), momentum)
         self.num_batches_tracked.add_(1)
 
 

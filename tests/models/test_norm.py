@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -5,25 +6,46 @@ from fastssl.models.norm import SplitBatchNorm2d
 from fastssl.models.resnet import ResNet, build_backbone
 
 
-def test_split_bn_is_bn_per_group_in_channels_last():
+def per_group_reference(layer, x):
+    """BN over each group by torch's own batch norm, one call per group."""
+    return torch.cat([
+        F.batch_norm(part.float().contiguous(), None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+        for part in x.split(layer.group_size)
+    ])
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_split_bn_is_bn_per_group(memory_format):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(12, 5, 4, 3, generator=g).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
+    x = (3 + 2 * torch.randn(12, 5, 4, 3, generator=g)).contiguous(memory_format=memory_format).requires_grad_()
     layer = SplitBatchNorm2d(5, group_size=4)
     with torch.no_grad():
         layer.weight.uniform_(0.5, 1.5)
         layer.bias.uniform_(-0.5, 0.5)
     out = layer(x)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    reference = torch.cat([
-        F.batch_norm(part.contiguous(), None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
-        for part in x.chunk(3)
-    ])
+    assert out.is_contiguous(memory_format=memory_format)
+    reference = per_group_reference(layer, x)
     torch.testing.assert_close(out, reference)
     grad = torch.randn(out.shape, generator=g)
-    (dx,) = torch.autograd.grad(out, x, grad, retain_graph=True)
-    (dx_ref,) = torch.autograd.grad(reference, x, grad)
-    torch.testing.assert_close(dx, dx_ref)
+    ours = torch.autograd.grad(out, (x, layer.weight, layer.bias), grad)
+    expected = torch.autograd.grad(reference, (x, layer.weight, layer.bias), grad)
+    for name, a, b in zip(("input", "weight", "bias"), ours, expected, strict=True):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"gradient of the {name}: {m}")
+
+
+def test_split_bn_keeps_bfloat16_and_computes_its_statistics_in_float32():
+    """A bf16 batch (autocast's conv output) is normalised with fp32 statistics: the result
+    is the fp32 reference rounded once to bf16, even for activations far from zero mean."""
+    g = torch.Generator().manual_seed(1)
+    x32 = (40 + torch.randn(16, 6, 5, 5, generator=g)).contiguous(memory_format=torch.channels_last)
+    x = x32.bfloat16().requires_grad_()
+    layer = SplitBatchNorm2d(6, group_size=4)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    reference = per_group_reference(layer, x.detach())
+    torch.testing.assert_close(out.float(), reference, atol=0.02, rtol=0.01)  # bf16: 8 significant bits
+    (dx,) = torch.autograd.grad(out.float().square().sum(), x)
+    assert dx.dtype == torch.bfloat16 and torch.isfinite(dx.float()).all()
 
 
 def test_split_bn_running_stats_average_the_groups():

@@ -25,7 +25,6 @@ def test_fused_optimizer_gives_the_same_losses(tiny_dataset, tmp_path):
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow  # ~1–2 minutes of compilation on 2 CPU cores
 def test_compiled_networks_give_the_same_losses(tiny_dataset, tmp_path):
     eager = losses(tiny_dataset, tmp_path, "eager", "--run.compile", "False")
     compiled = losses(tiny_dataset, tmp_path, "compiled", "--run.compile", "True")
