@@ -89,6 +89,12 @@ def chunked_lse(q: Tensor, c: Tensor, temperature: float, extra: Tensor | None =
 
 
 if triton is not None:
+    # The similarity products on the tensor cores in TF32 (10-bit mantissa operands, fp32
+    # accumulation; the log-sum-exp itself is fp32) also for fp32 inputs: "ieee" fp32 dots run
+    # on the CUDA cores and spill 7–33 KB of registers per program at these tiles (ptxas -v,
+    # sm_90, Triton 3.6), where TF32 spills nothing. It moves the logits of unit vectors by
+    # about 1e-4/τ, the error every TF32 or bf16 similarity matrix has.
+    _DOT_PRECISION = tl.constexpr("tf32")
 
     @triton.jit
     def _load_rows(PTR, rows, dims, count, d):
@@ -97,11 +103,11 @@ if triton is not None:
                        other=0.0)
 
     @triton.jit
-    def _tile_scores(q, C, cols, dims, m, d, excluded, scale, HAS_EXCLUDE: tl.constexpr, PRECISION: tl.constexpr):
+    def _tile_scores(q, C, cols, dims, m, d, excluded, scale, HAS_EXCLUDE: tl.constexpr):
         """The candidate tile at ``cols``, the scaled scores q·cᵀ, and which of them count
         (real candidates, not a row's excluded column)."""
         c = _load_rows(C, cols, dims, m, d)
-        s = tl.dot(q, tl.trans(c), input_precision=PRECISION) * scale
+        s = tl.dot(q, tl.trans(c), input_precision=_DOT_PRECISION) * scale
         keep = cols[None, :] < m
         if HAS_EXCLUDE:
             keep = keep & (cols[None, :] != excluded[:, None])
@@ -109,7 +115,7 @@ if triton is not None:
 
     @triton.jit
     def _lse_forward(Q, C, EXTRA, EXCLUDE, LSE, n, m, d, scale,
-                     HAS_EXTRA: tl.constexpr, HAS_EXCLUDE: tl.constexpr, PRECISION: tl.constexpr,
+                     HAS_EXTRA: tl.constexpr, HAS_EXCLUDE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, BLOCK_D)
@@ -125,7 +131,7 @@ if triton is not None:
             excluded = tl.load(EXCLUDE + rows, mask=rows < n, other=-1)
         for start in range(0, m, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            _, s, keep = _tile_scores(q, C, cols, dims, m, d, excluded, scale, HAS_EXCLUDE, PRECISION)
+            _, s, keep = _tile_scores(q, C, cols, dims, m, d, excluded, scale, HAS_EXCLUDE)
             s = tl.where(keep, s, -1e30)
             new_max = tl.maximum(row_max, tl.max(s, 1))
             row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.where(keep, tl.exp(s - new_max[:, None]), 0.0), 1)
@@ -134,7 +140,7 @@ if triton is not None:
 
     @triton.jit
     def _lse_backward_queries(Q, C, EXCLUDE, LSE, GRAD, DQ, n, m, d, scale,
-                              HAS_EXCLUDE: tl.constexpr, PRECISION: tl.constexpr,
+                              HAS_EXCLUDE: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, BLOCK_D)
@@ -148,14 +154,14 @@ if triton is not None:
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
         for start in range(0, m, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            c, s, keep = _tile_scores(q, C, cols, dims, m, d, excluded, scale, HAS_EXCLUDE, PRECISION)
+            c, s, keep = _tile_scores(q, C, cols, dims, m, d, excluded, scale, HAS_EXCLUDE)
             p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0) * weight[:, None]
-            acc += tl.dot(p.to(c.dtype), c, input_precision=PRECISION)
+            acc += tl.dot(p.to(c.dtype), c, input_precision=_DOT_PRECISION)
         tl.store(DQ + rows[:, None] * d + dims[None, :], acc, mask=row_mask[:, None] & (dims[None, :] < d))
 
     @triton.jit
     def _lse_backward_candidates(Q, C, EXCLUDE, LSE, GRAD, DC, n, m, d, scale,
-                                 HAS_EXCLUDE: tl.constexpr, PRECISION: tl.constexpr,
+                                 HAS_EXCLUDE: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, BLOCK_D)
@@ -168,20 +174,22 @@ if triton is not None:
             q = _load_rows(Q, rows, dims, n, d)
             lse = tl.load(LSE + rows, mask=row_mask, other=0.0)
             weight = tl.load(GRAD + rows, mask=row_mask, other=0.0) * scale
-            s = tl.dot(c, tl.trans(q), input_precision=PRECISION) * scale  # BLOCK_N × BLOCK_M: sᵀ
+            s = tl.dot(c, tl.trans(q), input_precision=_DOT_PRECISION) * scale  # BLOCK_N × BLOCK_M: sᵀ
             keep = col_mask[:, None] & row_mask[None, :]
             if HAS_EXCLUDE:
                 excluded = tl.load(EXCLUDE + rows, mask=row_mask, other=-1)
                 keep = keep & (cols[:, None] != excluded[None, :])
             p = tl.where(keep, tl.exp(s - lse[None, :]), 0.0) * weight[None, :]
-            acc += tl.dot(p.to(q.dtype), q, input_precision=PRECISION)
+            acc += tl.dot(p.to(q.dtype), q, input_precision=_DOT_PRECISION)
         tl.store(DC + cols[:, None] * d + dims[None, :], acc, mask=col_mask[:, None] & (dims[None, :] < d))
 
 
 def _launch_settings(q: Tensor) -> dict:
+    """Tile sizes and warps: eight warps for fp32 tiles keep the backward kernels clear of
+    255 registers (ptxas -v, sm_90: 180–220 against 218–255 with four)."""
     block_d = max(16, triton.next_power_of_2(q.shape[1]))
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # bf16/fp16 inputs: fp32 accumulation anyway
-    return {"PRECISION": precision, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": block_d}
+    warps = 8 if q.dtype == torch.float32 else 4
+    return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": block_d, "num_warps": warps}
 
 
 class _FusedLSE(torch.autograd.Function):

@@ -4,8 +4,8 @@ upcast to fp32 here, since the log-sum-exp over thousands of logits loses precis
 Each loss is the mean over queries of LSE_i − s_i⁺ (log-sum-exp of the logits minus the
 positive's logit). The log-sum-exp is computed by ``backend``: ``plain`` (the whole logit
 matrix), ``chunked`` (column chunks, recomputed in backward: memory O(N·chunk)), ``fused``
-(Triton, tiles in registers, CUDA) or ``auto`` (fused on CUDA where Triton runs, else
-plain) — see ``fastssl/kernels/contrastive.py``.
+(Triton, tiles in registers, TF32 similarity products, CUDA) or ``auto`` (fused on CUDA
+where Triton runs, else plain) — see ``fastssl/kernels/contrastive.py``.
 """
 
 from __future__ import annotations

@@ -27,16 +27,16 @@ def value_and_grads(function, q, c, extra, exclude, upstream):
     return value, torch.autograd.grad(value, wrt, upstream)
 
 
-def assert_same(implementation, n, m, d, case, device="cpu", atol=1e-5):
+def assert_same(implementation, n, m, d, case, device="cpu", atol=1e-5, rtol=1e-4):
     q, c, extra, exclude = inputs(n, m, d, device)
     use_extra, use_exclude = CASES[case]
     extra, exclude = (extra if use_extra else None), (exclude if use_exclude else None)
     upstream = torch.randn(n, generator=torch.Generator().manual_seed(9)).to(device)
     expected, expected_grads = value_and_grads(plain_lse, q, c, extra, exclude, upstream)
     value, grads = value_and_grads(implementation, q, c, extra, exclude, upstream)
-    torch.testing.assert_close(value, expected, atol=atol, rtol=1e-5)
+    torch.testing.assert_close(value, expected, atol=atol, rtol=min(rtol, 1e-5))
     for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -104,4 +104,6 @@ def test_chunked_keeps_at_most_one_chunk_of_logits_for_backward():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("case", CASES)
 def test_fused_kernels_match_plain_on_the_gpu(case):
-    assert_same(fused_lse, 300, 5000, 128, case, device="cuda", atol=1e-4)
+    # The kernels' dots are TF32 (the reference's fp32): logits of unit vectors move by
+    # ~1e-4/τ = 5e-4, gradients by as much relative to their size.
+    assert_same(fused_lse, 300, 5000, 128, case, device="cuda", atol=2e-3, rtol=2e-3)
