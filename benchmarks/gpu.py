@@ -16,6 +16,13 @@ For each method:
   ``--baseline-steps`` steps timed, extrapolated to an epoch.
 * bare forward+backward — the backbone alone on the same 2×batch views (same precision,
   memory format and compilation), the arithmetic floor the step is compared with.
+* host synchronisations — a few more steps under ``torch.cuda.set_sync_debug_mode("warn")``,
+  its warnings counted (the target is none), and the warm-up's seconds (compilation and
+  graph capture: what a user waits before the first timed step).
+
+Methods run in the order given while ``--budget-minutes`` lasts (a method that would start
+after it is listed as skipped); the Markdown and JSON are rewritten after each method, so
+a run cut short keeps what it measured.
 
 Model FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
 eager step (matrix products and convolutions, 2 FLOP per multiply-add, backward
@@ -31,9 +38,10 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
@@ -50,9 +58,6 @@ from fastssl.train.loop import Meter, Trainer  # noqa: E402
 from pipelines.batch import ViewBatch  # noqa: E402
 from tools.profile import ProfileConfig, pil_dataloader, profile  # noqa: E402
 
-if TYPE_CHECKING:
-    pass
-
 # Dense bf16 tensor-core peaks (NVIDIA data sheets, without sparsity), FLOP/s.
 PEAK_BF16 = {"H100 SXM": 989.4e12, "H100 PCIe": 756.5e12, "H100 NVL": 835.5e12, "H200": 989.4e12, "A100": 312e12}
 
@@ -67,6 +72,8 @@ class Options:
     bare_steps: int = 20
     workers: int = 8  # the baseline DataLoader's processes
     width: int | None = None  # ResNet-18 first-stage channels (default: the recipe's; CPU smoke tests: 8)
+    sync_check_steps: int = 3  # steps run under the sync debug mode after the timed epoch
+    budget_minutes: float = 7.0  # no method starts after this much time
     out: Path = ROOT / "benchmarks" / "gpu"  # writes <out>.md and <out>.json
 
 
@@ -93,21 +100,42 @@ def configure(name: str, opts: Options, out_dir: Path, fast: bool):
     return recipe, cfg
 
 
-def epoch_seconds(trainer: Trainer, warmup: int) -> float:
-    """One full epoch of loader + steps, after ``warmup`` steps of another epoch."""
+def epoch_seconds(trainer: Trainer, warmup: int) -> tuple[float, float]:
+    """Seconds of ``warmup`` steps of one epoch (compilation, graph capture), then of one
+    full epoch of loader + steps."""
     meter, loader = Meter(), trainer.loader
     steps = len(loader)
     loader.set_epoch(0)
+    start = time.perf_counter()
     for step, batch in zip(range(warmup), loader, strict=False):
         trainer._step(batch, Progress(0, step, steps, 2), meter)
-    loader.set_epoch(1)
     synchronize(trainer.device)
+    warmup_seconds = time.perf_counter() - start
+    loader.set_epoch(1)
     start = time.perf_counter()
     for step, batch in enumerate(loader):
         trainer._step(batch, Progress(1, step, steps, 2), meter)
     synchronize(trainer.device)
     meter.read()
-    return time.perf_counter() - start
+    return warmup_seconds, time.perf_counter() - start
+
+
+def host_syncs_per_step(trainer: Trainer, steps: int) -> float | None:
+    """Synchronising CUDA calls per step (loader included) that the sync debug mode reports;
+    None off CUDA."""
+    if trainer.device.type != "cuda" or steps == 0:
+        return None
+    trainer.loader.set_epoch(2)
+    meter, batches = Meter(), iter(trainer.loader)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for step in range(steps):
+                trainer._step(next(batches), Progress(2, step, len(trainer.loader), 3), meter)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
 
 
 def flops_per_step(trainer: Trainer) -> float:
@@ -135,8 +163,9 @@ def measure(name: str, opts: Options, out_dir: Path) -> dict[str, Any]:
     steps = len(trainer.loader)
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)
-    seconds = epoch_seconds(trainer, opts.warmup_steps)
+    warmup_seconds, seconds = epoch_seconds(trainer, opts.warmup_steps)
     peak_memory = torch.cuda.max_memory_allocated(trainer.device) / 2**20 if trainer.device.type == "cuda" else None
+    syncs = host_syncs_per_step(trainer, opts.sync_check_steps)
     knn_start = time.perf_counter()
     trainer.evaluate(epoch=1)
     knn_seconds = time.perf_counter() - knn_start
@@ -154,11 +183,13 @@ def measure(name: str, opts: Options, out_dir: Path) -> dict[str, Any]:
     per_step = seconds / steps
     return {
         "seconds_per_epoch": seconds, "images_per_s": steps * opts.batch_size / seconds,
-        "ms_per_step": 1000 * per_step, "peak_memory_mib": peak_memory,
+        "ms_per_step": 1000 * per_step, "peak_memory_mib": peak_memory, "warmup_seconds": warmup_seconds,
+        "host_syncs_per_step": syncs,
         "knn_seconds": knn_seconds, "knn_share_every_5_epochs": knn_seconds / (5 * seconds + knn_seconds),
         "plain_baseline_seconds_per_epoch": statistics.median(baseline) * steps,
         "bare_ms_per_step": 1000 * statistics.median(bare), "vs_bare": per_step / statistics.median(bare),
-        "stages_ms_uncompiled": stages, "view_share_uncompiled": stages["views"] / sum(stages.values()),
+        # The views are made the same way in both trainers; their share is of the fast step.
+        "stages_ms_uncompiled": stages, "view_share": stages["views"] / (1000 * per_step),
         "flops_per_step": flops, "mfu": None if peak is None else flops / (per_step * peak),
     }
 
@@ -189,37 +220,52 @@ def report(results: dict[str, dict], opts: Options, device_name: str, peak: floa
         f"{'%.1f TFLOP/s dense bf16' % (peak / 1e12) if peak else 'no known peak'}.",
         "",
         "| method | s/epoch | images/s | × bare fwd+bwd | plain baseline s/epoch | speed-up | MFU | "
-        "peak MiB | views share (eager) | kNN share (every 5 epochs) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "peak MiB | views share | kNN share (every 5 epochs) | warm-up s | host syncs/step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
+        if "skipped" in r:
+            lines.append(f"| {name} | skipped: {r['skipped']} |" + " |" * 11)
+            continue
         mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         memory = "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
+        syncs = "" if r["host_syncs_per_step"] is None else f"{r['host_syncs_per_step']:.1f}"
         lines.append(
             f"| {name} | {r['seconds_per_epoch']:.2f} | {r['images_per_s']:.0f} | {r['vs_bare']:.2f} | "
             f"{r['plain_baseline_seconds_per_epoch']:.1f} | "
             f"{r['plain_baseline_seconds_per_epoch'] / r['seconds_per_epoch']:.1f}× | {mfu} | {memory} | "
-            f"{100 * r['view_share_uncompiled']:.1f}% | {100 * r['knn_share_every_5_epochs']:.1f}% |"
+            f"{100 * r['view_share']:.1f}% | {100 * r['knn_share_every_5_epochs']:.1f}% | "
+            f"{r['warmup_seconds']:.0f} | {syncs} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    opts = parse(Options, None, None, "gpu.py")
-    results = {}
-    with tempfile.TemporaryDirectory() as out_dir:
-        for name in opts.methods:
-            results[name] = measure(name, opts, Path(out_dir))
-            print(name, json.dumps(results[name], indent=1), flush=True)
+def write(results: dict[str, dict], opts: Options) -> None:
+    """Rewrite ``<out>.md`` and ``<out>.json`` with what is measured so far."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak, device_name = peak_flops(device)
     markdown = report(results, opts, device_name, peak)
-    print(markdown)
     opts.out.with_suffix(".md").write_text(markdown)
     record = {"device": device_name, "peak_flops": peak, "date": time.strftime("%Y-%m-%d"),
               "torch": torch.__version__, "options": {k: str(v) for k, v in dataclasses.asdict(opts).items()},
               "results": results}
     opts.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    print(markdown, flush=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    opts = parse(Options, None, args, "gpu.py")
+    results: dict[str, dict] = {}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out_dir:
+        for name in opts.methods:
+            minutes = (time.perf_counter() - start) / 60
+            if minutes > opts.budget_minutes:
+                results[name] = {"skipped": f"{minutes:.1f} of {opts.budget_minutes:g} budgeted minutes spent"}
+            else:
+                results[name] = measure(name, opts, Path(out_dir))
+                print(name, json.dumps(results[name], indent=1), flush=True)
+            write(results, opts)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -40,7 +40,7 @@ from fastssl.recipe import build_trainer, load_recipe  # noqa: E402
 from fastssl.train.loop import Meter, RunError, Trainer  # noqa: E402
 from pipelines.batch import ViewBatch  # noqa: E402
 from pipelines.dataset import DatasetError  # noqa: E402
-from pipelines.loader import epoch_permutation  # noqa: E402
+from pipelines.loader import Loader, epoch_permutation  # noqa: E402
 from pipelines.reference import PilTwoViews  # noqa: E402
 
 if TYPE_CHECKING:
@@ -137,11 +137,11 @@ def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
     stages_ms = {name: statistics.median(values) for name, values in stages.items()}
     if cfg.data_only:
         return {"stages_ms": stages_ms, "whole_step_ms": None, "batch_size": batch_size}
-    batches = iter(loader)
+    batches = endless(loader)
     whole = []
     for step in range(cfg.steps + 1):
-        progress = Progress(0, loader.step, steps, trainer.cfg.optim.epochs)
-        batch = next(batches, None) or next(iter(loader))
+        batch = next(batches)
+        progress = Progress(loader.epoch, loader.step - 1, steps, trainer.cfg.optim.epochs)
         elapsed, _ = timer(trainer._step, batch, progress, meter)
         if step:
             whole.append(elapsed)
@@ -150,10 +150,16 @@ def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
     if cfg.trace is not None:
         with torch.profiler.profile() as prof:
             for _ in range(2):
-                batch = next(batches, None) or next(iter(loader))
-                trainer._step(batch, Progress(0, 0, steps, 1), meter)
+                trainer._step(next(batches), Progress(0, 0, steps, 1), meter)
         prof.export_chrome_trace(str(cfg.trace))
     return {"stages_ms": stages_ms, "whole_step_ms": whole_ms, "batch_size": batch_size}
+
+
+def endless(loader: Loader) -> Iterator[ViewBatch]:
+    """The loader's batches, epoch after epoch (a profile may outlast a small data set)."""
+    while True:
+        yield from loader
+        loader.set_epoch(loader.epoch + 1)
 
 
 def pil_dataloader(trainer: Trainer, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader | None:

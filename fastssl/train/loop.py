@@ -159,11 +159,11 @@ class Trainer:
         self.probe = OnlineProbe(backbone.feature_dim, self.info.num_classes).to(self.device)
         self.probe_call = acc.prepare_model(self.probe)
         self.optimizer = build_optimizer(self.method.param_groups(o), o, fused=switch(cfg.run.fused_optimizer, cuda))
+        self.graphed = switch(cfg.run.compile, cuda) and switch(cfg.run.cuda_graphs, cuda)
         if switch(cfg.run.compile, cuda):
             # In place (nn.Module.compile), so state-dict keys and checkpoints are unchanged.
-            mode = "reduce-overhead" if switch(cfg.run.cuda_graphs, cuda) else "default"
             for network in self.method.compiled_networks():
-                network.compile(mode=mode)
+                network.compile(mode="reduce-overhead" if self.graphed else "default")
         self.probe_optimizer = torch.optim.SGD(
             self.probe.parameters(), lr=o.probe_lr, momentum=0.9, weight_decay=0.0
         )
@@ -278,6 +278,11 @@ class Trainer:
         lr = warmup_cosine(progress.global_step, total, warmup, o.lr, cosine=o.schedule == "cosine")
         for group in self.optimizer.param_groups:
             group["lr"] = o.lr if group.get("fixed_lr", False) else lr
+        if self.graphed:
+            # One step is one CUDA-graph generation whatever order the method calls its
+            # networks in (the heuristic, "a new step at each call without a pending
+            # backward", would split a step whose teacher runs before the student).
+            torch.compiler.cudagraph_mark_step_begin()
         self.method.before_step(progress)
         with acc.autocast():
             out = self.method(batch)
