@@ -32,6 +32,7 @@ device, ``PEAK_BF16``). Writes ``benchmarks/gpu.md`` and ``benchmarks/gpu.json``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import statistics
@@ -195,13 +196,18 @@ def measure(name: str, opts: Options, out_dir: Path) -> dict[str, Any]:
 
 
 def bare_step(trainer: Trainer):
-    """Forward+backward of the trainer's (compiled) student backbone alone on 2×batch views."""
-    backbone = cast(nn.Module, trainer.method.student.backbone)  # a ResNet or ViT
+    """Forward+backward of a copy of the trainer's student backbone alone on 2×batch views,
+    compiled (and graph-captured) as the trainer's networks are."""
+    backbone = copy.deepcopy(cast(nn.Module, trainer.method.student.backbone))  # a ResNet or ViT
+    if trainer.compile_mode is not None:
+        backbone.compile(mode=trainer.compile_mode)
     size = trainer.loader.recipe.first.size
     views = torch.randn(2 * trainer.loader.batch_size // trainer.accelerator.num_processes, 3, size, size,
                         device=trainer.device).contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
+        if trainer.graphed:
+            torch.compiler.cudagraph_mark_step_begin()
         with trainer.accelerator.autocast():
             loss = backbone(views).float().square().mean()
         loss.backward()
@@ -225,7 +231,7 @@ def report(results: dict[str, dict], opts: Options, device_name: str, peak: floa
     ]
     for name, r in results.items():
         if "skipped" in r:
-            lines.append(f"| {name} | skipped: {r['skipped']} |" + " |" * 11)
+            lines.append(f"| {name} | skipped: {r['skipped']} |" + " |" * 10)
             continue
         mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         memory = "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"

@@ -32,6 +32,9 @@ if [ "${1:-}" = prepare ]; then
     exit 0
 fi
 
+# Every stage ends by the deadline, counted from here (the device tool's commands stop at
+# 10 minutes).
+deadline=$(( $(date +%s) + ${GPU_SH_SECONDS:-570} ))
 results=${OUT:-benchmarks}
 mkdir -p "$results"
 summary=$results/summary.txt
@@ -52,17 +55,14 @@ if [ "${1:-}" = train ]; then
     exit "$status"
 fi
 
-# Every stage ends by the deadline (the device tool's commands stop at 10 minutes).
-deadline=$(( $(date +%s) + ${GPU_SH_SECONDS:-570} ))
-
 # stage NAME SECONDS COMMAND…: run COMMAND for at most SECONDS and not past the deadline
-# (SIGINT: pytest still prints its summary), its output to the screen and to NAME.log, its
-# status and time to summary.txt.
+# (SIGINT, so pytest still prints its summary; SIGKILL 20 s later), its output to the
+# screen and to NAME.log, its status and time to summary.txt.
 stage() {
     local name=$1 limit=$2 start
     shift 2
     start=$(date +%s)
-    (( limit > deadline - start )) && limit=$(( deadline - start ))
+    (( limit > deadline - start - 20 )) && limit=$(( deadline - start - 20 ))
     if (( limit < 30 )); then
         echo "$name: not run, ${limit} s left before the deadline" | tee -a "$summary"
         return

@@ -18,25 +18,35 @@ def _grouped(x: Tensor, group_size: int) -> Tensor:
     return x.permute(0, 2, 3, 1).unflatten(0, (-1, group_size))
 
 
+def _statistics_dtype(x: Tensor) -> torch.dtype:
+    """fp32 for bf16/fp16/fp32 batches (autocast's convolutions give bf16), fp64 for fp64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class _GroupBatchNorm(torch.autograd.Function):
     """Training-mode batch norm with statistics per (group, channel) over the group's
-    m = g·H·W values, in fp32 whatever the input's precision (Ioffe & Szegedy, 2015,
-    Alg. 1). A few whole-batch ops per layer however many groups: one BN call per group
+    m = g·H·W values, in fp32 (fp64 for fp64 input) whatever the input's precision (Ioffe &
+    Szegedy, 2015, Alg. 1). A few whole-batch ops per layer however many groups: one BN call per group
     would cost an eager step two kernels per group and layer, and make the compiled graph,
     and its compile time, grow with the group count. Saves the input in its own dtype and
-    the fp32 statistics; the backward recomputes x − μ."""
+    the statistics; the backward recomputes x − μ."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, group_size: int, eps: float):  # type: ignore[override]
         groups = _grouped(x, group_size)
-        mean = groups.mean(GROUP_DIMS, keepdim=True, dtype=torch.float32)
-        centred = groups - mean  # fp32 (type promotion)
+        mean = groups.mean(GROUP_DIMS, keepdim=True, dtype=_statistics_dtype(x))
+        centred = groups - mean  # in the statistics' precision (type promotion)
         var = centred.square().mean(GROUP_DIMS, keepdim=True)  # biased, as BN normalises
         invstd = torch.rsqrt(var + eps)
         # Written through a view into a tensor of x's shape and format, so the output is no
-        # view (the in-place ReLU after it may edit it).
+        # view (the in-place ReLU after it may edit it). Channels-last makes the view
+        # contiguous, a valid out=; a compiled graph would break on any other out=.
         out = torch.empty_like(x)
-        torch.addcmul(bias, centred, invstd * weight, out=_grouped(out, group_size))
+        target = _grouped(out, group_size)
+        if target.is_contiguous():
+            torch.addcmul(bias, centred, invstd * weight, out=target)
+        else:
+            target.copy_(torch.addcmul(bias, centred, invstd * weight))
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.group_size = group_size
         ctx.mark_non_differentiable(mean, var)
@@ -45,11 +55,13 @@ class _GroupBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor, _mean: Tensor, _var: Tensor):  # type: ignore[override]
+        if grad is None:  # the output took no part in the loss
+            return None, None, None, None, None
         x, weight, mean, invstd = ctx.saved_tensors
         groups, grad = _grouped(x, ctx.group_size), _grouped(grad, ctx.group_size)
         m = groups[0, ..., 0].numel()
         centred = groups - mean
-        grad_bias = grad.sum(GROUP_DIMS, keepdim=True, dtype=torch.float32)  # Σ g
+        grad_bias = grad.sum(GROUP_DIMS, keepdim=True, dtype=mean.dtype)  # Σ g
         grad_centred = (grad * centred).sum(GROUP_DIMS, keepdim=True)  # Σ g·(x − μ)
         # ∂L/∂x = γσ⁻¹·(g − Σg/m − (x − μ)·σ⁻²·Σg·(x − μ)/m), in two passes over the batch.
         gain = weight * invstd
@@ -96,8 +108,8 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         momentum = self.momentum if self.momentum is not None else 0.1
         # Called only with track_running_stats, so BN registered the buffers (a host-side check).
         assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
-        self.running_mean.lerp_(means.mean((0, 1, 2, 3)), momentum)
-        self.running_var.lerp_(unbiased.mean((0, 1, 2, 3)), momentum)
+        self.running_mean.lerp_(means.mean((0, 1, 2, 3)).to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(unbiased.mean((0, 1, 2, 3)).to(self.running_var.dtype), momentum)
         self.num_batches_tracked.add_(1)
 
 

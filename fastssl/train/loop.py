@@ -159,11 +159,14 @@ class Trainer:
         self.probe = OnlineProbe(backbone.feature_dim, self.info.num_classes).to(self.device)
         self.probe_call = acc.prepare_model(self.probe)
         self.optimizer = build_optimizer(self.method.param_groups(o), o, fused=switch(cfg.run.fused_optimizer, cuda))
-        self.graphed = switch(cfg.run.compile, cuda) and switch(cfg.run.cuda_graphs, cuda)
-        if switch(cfg.run.compile, cuda):
+        compiled = switch(cfg.run.compile, cuda)
+        self.graphed = compiled and switch(cfg.run.cuda_graphs, cuda)
+        # torch.compile's mode for the networks, None when they run eagerly
+        self.compile_mode = ("reduce-overhead" if self.graphed else "default") if compiled else None
+        if self.compile_mode is not None:
             # In place (nn.Module.compile), so state-dict keys and checkpoints are unchanged.
             for network in self.method.compiled_networks():
-                network.compile(mode="reduce-overhead" if self.graphed else "default")
+                network.compile(mode=self.compile_mode)
         self.probe_optimizer = torch.optim.SGD(
             self.probe.parameters(), lr=o.probe_lr, momentum=0.9, weight_decay=0.0
         )

@@ -27,16 +27,21 @@ def value_and_grads(function, q, c, extra, exclude, upstream):
     return value, torch.autograd.grad(value, wrt, upstream)
 
 
-def assert_same(implementation, n, m, d, case, device="cpu", atol=1e-5, rtol=1e-4):
+def assert_same(implementation, n, m, d, case, device="cpu", atol=1e-5, grad_error=None):
+    """Values within ``atol``; gradients elementwise within ``atol`` and 1e-4 relative, or,
+    with ``grad_error``, within that relative error in norm (‖got − want‖ / ‖want‖)."""
     q, c, extra, exclude = inputs(n, m, d, device)
     use_extra, use_exclude = CASES[case]
     extra, exclude = (extra if use_extra else None), (exclude if use_exclude else None)
     upstream = torch.randn(n, generator=torch.Generator().manual_seed(9)).to(device)
     expected, expected_grads = value_and_grads(plain_lse, q, c, extra, exclude, upstream)
     value, grads = value_and_grads(implementation, q, c, extra, exclude, upstream)
-    torch.testing.assert_close(value, expected, atol=atol, rtol=min(rtol, 1e-5))
+    torch.testing.assert_close(value, expected, atol=atol, rtol=1e-5)
     for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+        if grad_error is None:
+            torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
+        else:
+            assert ((got - want).norm() / want.norm()).item() < grad_error
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -104,6 +109,7 @@ def test_chunked_keeps_at_most_one_chunk_of_logits_for_backward():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("case", CASES)
 def test_fused_kernels_match_plain_on_the_gpu(case):
-    # The kernels' dots are TF32 (the reference's fp32): logits of unit vectors move by
-    # ~1e-4/τ = 5e-4, gradients by as much relative to their size.
-    assert_same(fused_lse, 300, 5000, 128, case, device="cuda", atol=2e-3, rtol=2e-3)
+    # TF32 dots against the reference's fp32: on the CPU, truncating q and c to TF32 moves
+    # these LSE values by ≤ 1.6e-4 and the gradients by 1e-3 in relative norm; one candidate
+    # tile of 64 left out would move them by 0.013 and 0.1.
+    assert_same(fused_lse, 300, 5000, 128, case, device="cuda", atol=1e-3, grad_error=5e-3)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastssl.models.norm import SplitBatchNorm2d
+from fastssl.models.norm import SplitBatchNorm2d, _GroupBatchNorm
 from fastssl.models.resnet import ResNet, build_backbone
 
 
@@ -46,6 +46,29 @@ def test_split_bn_keeps_bfloat16_and_computes_its_statistics_in_float32():
     torch.testing.assert_close(out.float(), reference, atol=0.02, rtol=0.01)  # bf16: 8 significant bits
     (dx,) = torch.autograd.grad(out.float().square().sum(), x)
     assert dx.dtype == torch.bfloat16 and torch.isfinite(dx.float()).all()
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_split_bn_gradients_pass_gradcheck(memory_format):
+    """Finite differences in float64 against the hand-written backward."""
+    g = torch.Generator().manual_seed(2)
+    x = (1 + torch.randn(6, 3, 2, 3, generator=g, dtype=torch.float64)).contiguous(memory_format=memory_format)
+    weight = torch.rand(3, generator=g, dtype=torch.float64) + 0.5
+    bias = torch.randn(3, generator=g, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda *a: _GroupBatchNorm.apply(*a, 2, 1e-5)[0], inputs)
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_split_bn_compiles_into_one_graph(memory_format):
+    """No graph break, forward or backward, in either memory format (an out= into a
+    non-contiguous view would break the graph at every layer)."""
+    layer = SplitBatchNorm2d(4, group_size=2)
+    x = torch.randn(8, 4, 3, 3).contiguous(memory_format=memory_format).requires_grad_()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, per_group_reference(layer, x))
 
 
 def test_split_bn_running_stats_average_the_groups():
