@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.train_step import synchronize, time_steps  # noqa: E402
 from fastssl.cli import parse  # noqa: E402
 from fastssl.models.norm import SplitBatchNorm2d  # noqa: E402
 from fastssl.models.resnet import ResNet  # noqa: E402
@@ -92,17 +93,6 @@ def step_function(norm: type[nn.Module], opts: Options, device: torch.device):
     return net, step
 
 
-def seconds(step, count: int, device: torch.device) -> list[float]:
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
     opts = parse(Options, None, None, "split_bn.py")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,12 +104,15 @@ def main() -> None:
         step()
         with OpCounter() as counter:
             step()
-        eager = statistics.median(seconds(step, opts.steps, device))
+        eager = statistics.median(time_steps(step, opts.steps, device))
         row = {"ops_per_step": sum(counter.ops.values()), "eager_ms": 1000 * eager}
         if opts.compile:
             net.compile()
-            row["compile_s"] = seconds(step, 1, device)[0]
-            row["compiled_ms"] = 1000 * statistics.median(seconds(step, opts.steps, device))
+            start = time.perf_counter()
+            step()  # compiles
+            synchronize(device)
+            row["compile_s"] = time.perf_counter() - start
+            row["compiled_ms"] = 1000 * statistics.median(time_steps(step, opts.steps, device))
         results[name] = row
         print(name, json.dumps(row), flush=True)
     threads = f"cpu ({torch.get_num_threads()} threads)"

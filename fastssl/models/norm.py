@@ -26,10 +26,10 @@ def _statistics_dtype(x: Tensor) -> torch.dtype:
 class _GroupBatchNorm(torch.autograd.Function):
     """Training-mode batch norm with statistics per (group, channel) over the group's
     m = g·H·W values, in fp32 (fp64 for fp64 input) whatever the input's precision (Ioffe &
-    Szegedy, 2015, Alg. 1). A few whole-batch ops per layer however many groups: one BN call per group
-    would cost an eager step two kernels per group and layer, and make the compiled graph,
-    and its compile time, grow with the group count. Saves the input in its own dtype and
-    the statistics; the backward recomputes x − μ."""
+    Szegedy, 2015, Alg. 1). A few whole-batch ops per layer however many groups: one BN
+    call per group would cost an eager step two kernels per group and layer, and make the
+    compiled graph, and its compile time, grow with the group count. Saves the input in its
+    own dtype and the statistics; the backward recomputes x − μ."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, group_size: int, eps: float):  # type: ignore[override]
@@ -42,11 +42,11 @@ class _GroupBatchNorm(torch.autograd.Function):
         # view (the in-place ReLU after it may edit it). Channels-last makes the view
         # contiguous, a valid out=; a compiled graph would break on any other out=.
         out = torch.empty_like(x)
-        target = _grouped(out, group_size)
+        target, scale = _grouped(out, group_size), invstd * weight
         if target.is_contiguous():
-            torch.addcmul(bias, centred, invstd * weight, out=target)
+            torch.addcmul(bias, centred, scale, out=target)
         else:
-            target.copy_(torch.addcmul(bias, centred, invstd * weight))
+            target.copy_(torch.addcmul(bias, centred, scale))
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.group_size = group_size
         ctx.mark_non_differentiable(mean, var)

@@ -159,11 +159,11 @@ class Trainer:
         self.probe = OnlineProbe(backbone.feature_dim, self.info.num_classes).to(self.device)
         self.probe_call = acc.prepare_model(self.probe)
         self.optimizer = build_optimizer(self.method.param_groups(o), o, fused=switch(cfg.run.fused_optimizer, cuda))
-        compiled = switch(cfg.run.compile, cuda)
-        self.graphed = compiled and switch(cfg.run.cuda_graphs, cuda)
-        # torch.compile's mode for the networks, None when they run eagerly
-        self.compile_mode = ("reduce-overhead" if self.graphed else "default") if compiled else None
-        if self.compile_mode is not None:
+        # torch.compile's mode for the networks ("reduce-overhead": CUDA graphs), None when
+        # they run eagerly
+        self.compile_mode: str | None = None
+        if switch(cfg.run.compile, cuda):
+            self.compile_mode = "reduce-overhead" if switch(cfg.run.cuda_graphs, cuda) else "default"
             # In place (nn.Module.compile), so state-dict keys and checkpoints are unchanged.
             for network in self.method.compiled_networks():
                 network.compile(mode=self.compile_mode)
@@ -177,6 +177,11 @@ class Trainer:
         self.epoch_done = 0  # epochs fully trained
         if cfg.resume:
             self._load()
+
+    @property
+    def graphed(self) -> bool:
+        """Whether the compiled networks are captured as CUDA graphs."""
+        return self.compile_mode == "reduce-overhead"
 
     # --- checkpoints ------------------------------------------------------------------
 
