@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -59,7 +60,7 @@ class _GroupBatchNorm(torch.autograd.Function):
             return None, None, None, None, None
         x, weight, mean, invstd = ctx.saved_tensors
         groups, grad = _grouped(x, ctx.group_size), _grouped(grad, ctx.group_size)
-        m = groups[0, ..., 0].numel()
+        m = math.prod(groups.shape[1:4])  # g·H·W, from the shape: no tensor op
         centred = groups - mean
         grad_bias = grad.sum(GROUP_DIMS, keepdim=True, dtype=mean.dtype)  # Σ g
         grad_centred = (grad * centred).sum(GROUP_DIMS, keepdim=True)  # Σ g·(x − μ)
