@@ -37,7 +37,6 @@ import dataclasses
 import json
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -54,8 +53,10 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from benchmarks.train_step import synchronize, time_steps  # noqa: E402
 from fastssl.cli import parse  # noqa: E402
 from fastssl.methods.base import Progress  # noqa: E402
-from fastssl.recipe import build_trainer, load_recipe  # noqa: E402
-from fastssl.train.loop import Meter, Trainer  # noqa: E402
+from fastssl.recipes import get  # noqa: E402
+from fastssl.train.build import Parts, build  # noqa: E402
+from fastssl.train.loop import evaluate  # noqa: E402
+from fastssl.train.step import Meter, train_step  # noqa: E402
 from pipelines.batch import ViewBatch  # noqa: E402
 from tools.profile import ProfileConfig, pil_dataloader, profile  # noqa: E402
 
@@ -88,99 +89,96 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     return None, name
 
 
-def configure(name: str, opts: Options, out_dir: Path, fast: bool):
-    recipe = load_recipe(name)
-    cfg = recipe.PRESETS["cifar10"]
-    model = cfg.model if opts.width is None else dataclasses.replace(cfg.model, width=opts.width)
+def configure(name: str, opts: Options, fast: bool) -> Parts:
+    """The run of recipe ``name`` as it trains (``fast``) or as the plain baseline: fp32,
+    NCHW, eager, no fused optimiser."""
+    recipe = get(name)
     switches = {} if fast else {"precision": "fp32", "channels_last": False, "compile": False,
                                 "cuda_graphs": False, "fused_optimizer": False}
-    run = dataclasses.replace(cfg.run, out_dir=out_dir, name=f"{name}-{'fast' if fast else 'plain'}",
-                              progress_bar=False, knn_before_training=False, **switches)
-    cfg = dataclasses.replace(cfg, data=opts.data, model=model, run=run,
-                              optim=dataclasses.replace(cfg.optim, batch_size=opts.batch_size))
-    return recipe, cfg
+    model = {} if opts.width is None else {"width": opts.width}
+    cfg = recipe.preset("cifar10", data=opts.data, model=model, optim={"batch_size": opts.batch_size},
+                        run={"progress_bar": False, "knn_before_training": False, **switches})
+    return build(recipe, cfg)
 
 
-def epoch_seconds(trainer: Trainer, warmup: int) -> tuple[float, float]:
+def epoch_seconds(parts: Parts, warmup: int) -> tuple[float, float]:
     """Seconds of ``warmup`` steps of one epoch (compilation, graph capture), then of one
     full epoch of loader + steps."""
-    meter, loader = Meter(), trainer.loader
+    meter, loader = Meter(), parts.loader
     steps = len(loader)
     loader.set_epoch(0)
     start = time.perf_counter()
     for step, batch in zip(range(warmup), loader, strict=False):
-        trainer._step(batch, Progress(0, step, steps, 2), meter)
-    synchronize(trainer.device)
+        train_step(parts, batch, Progress(0, step, steps, 2), meter)
+    synchronize(parts.device)
     warmup_seconds = time.perf_counter() - start
     loader.set_epoch(1)
     start = time.perf_counter()
     for step, batch in enumerate(loader):
-        trainer._step(batch, Progress(1, step, steps, 2), meter)
-    synchronize(trainer.device)
+        train_step(parts, batch, Progress(1, step, steps, 2), meter)
+    synchronize(parts.device)
     meter.read()
     return warmup_seconds, time.perf_counter() - start
 
 
-def host_syncs_per_step(trainer: Trainer, steps: int) -> float | None:
+def host_syncs_per_step(parts: Parts, steps: int) -> float | None:
     """Synchronising CUDA calls per step (loader included) that the sync debug mode reports;
     None off CUDA."""
-    if trainer.device.type != "cuda" or steps == 0:
+    if parts.device.type != "cuda" or steps == 0:
         return None
-    trainer.loader.set_epoch(2)
-    meter, batches = Meter(), iter(trainer.loader)
+    parts.loader.set_epoch(2)
+    meter, batches = Meter(), iter(parts.loader)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for step in range(steps):
-                trainer._step(next(batches), Progress(2, step, len(trainer.loader), 3), meter)
+                train_step(parts, next(batches), Progress(2, step, len(parts.loader), 3), meter)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message) for w in caught) / steps
 
 
-def flops_per_step(trainer: Trainer) -> float:
-    batch = next(iter(trainer.loader))
+def flops_per_step(parts: Parts) -> float:
+    batch = next(iter(parts.loader))
     with FlopCounterMode(display=False) as counter:
-        trainer._step(batch, Progress(0, 0, len(trainer.loader), 1), Meter())
+        train_step(parts, batch, Progress(0, 0, len(parts.loader), 1), Meter())
     return float(counter.get_total_flops())
 
 
-def baseline_batches(trainer: Trainer, workers: int):
+def baseline_batches(parts: Parts, workers: int):
     """ViewBatches from the PIL ``DataLoader`` baseline (NCHW, fp32)."""
-    loader = pil_dataloader(trainer, workers, pin_memory=True)
+    loader = pil_dataloader(parts, workers, pin_memory=True)
     assert loader is not None, "the benchmark's data sets are in the tensor format"
     while True:
         for first, second in loader:
-            views = torch.cat([first, second]).to(trainer.device, non_blocking=True)
+            views = torch.cat([first, second]).to(parts.device, non_blocking=True)
             n = first.shape[0]
-            yield ViewBatch({"global": views}, torch.arange(n, device=trainer.device),
-                            torch.zeros(n, dtype=torch.long, device=trainer.device), {})
+            yield ViewBatch({"global": views}, torch.arange(n, device=parts.device),
+                            torch.zeros(n, dtype=torch.long, device=parts.device), {})
 
 
-def measure(name: str, opts: Options, out_dir: Path) -> dict[str, Any]:
-    recipe, cfg = configure(name, opts, out_dir, fast=True)
-    trainer = build_trainer(recipe, cfg)
-    steps = len(trainer.loader)
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
-    warmup_seconds, seconds = epoch_seconds(trainer, opts.warmup_steps)
-    peak_memory = torch.cuda.max_memory_allocated(trainer.device) / 2**20 if trainer.device.type == "cuda" else None
-    syncs = host_syncs_per_step(trainer, opts.sync_check_steps)
+def measure(name: str, opts: Options) -> dict[str, Any]:
+    parts = configure(name, opts, fast=True)
+    steps = len(parts.loader)
+    if parts.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(parts.device)
+    warmup_seconds, seconds = epoch_seconds(parts, opts.warmup_steps)
+    peak_memory = torch.cuda.max_memory_allocated(parts.device) / 2**20 if parts.device.type == "cuda" else None
+    syncs = host_syncs_per_step(parts, opts.sync_check_steps)
     knn_start = time.perf_counter()
-    trainer.evaluate(epoch=1)
+    evaluate(parts, epoch=1)
     knn_seconds = time.perf_counter() - knn_start
 
-    _, plain_cfg = configure(name, opts, out_dir, fast=False)
-    plain = build_trainer(recipe, plain_cfg)
+    plain = configure(name, opts, fast=False)
     flops = flops_per_step(plain)
     stages = profile(ProfileConfig(data=(opts.data,), recipe=name, steps=5), plain)["stages_ms"]
     batches, meter = baseline_batches(plain, opts.workers), Meter()
-    baseline = time_steps(lambda: plain._step(next(batches), Progress(0, 0, steps, 1), meter),
+    baseline = time_steps(lambda: train_step(plain, next(batches), Progress(0, 0, steps, 1), meter),
                           opts.baseline_steps, plain.device)
 
-    bare = time_steps(bare_step(trainer), opts.bare_steps, trainer.device)
-    peak, _ = peak_flops(trainer.device)
+    bare = time_steps(bare_step(parts), opts.bare_steps, parts.device)
+    peak, _ = peak_flops(parts.device)
     per_step = seconds / steps
     return {
         "seconds_per_epoch": seconds, "images_per_s": steps * opts.batch_size / seconds,
@@ -195,20 +193,20 @@ def measure(name: str, opts: Options, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def bare_step(trainer: Trainer):
-    """Forward+backward of a copy of the trainer's student backbone alone on 2×batch views,
-    compiled (and graph-captured) as the trainer's networks are."""
-    backbone = copy.deepcopy(cast(nn.Module, trainer.method.student.backbone))  # a ResNet or ViT
-    if trainer.compile_mode is not None:
-        backbone.compile(mode=trainer.compile_mode)
-    size = trainer.loader.recipe.first.size
-    views = torch.randn(2 * trainer.loader.batch_size // trainer.accelerator.num_processes, 3, size, size,
-                        device=trainer.device).contiguous(memory_format=torch.channels_last)
+def bare_step(parts: Parts):
+    """Forward+backward of a copy of the parts's student backbone alone on 2×batch views,
+    compiled (and graph-captured) as the parts's networks are."""
+    backbone = copy.deepcopy(cast(nn.Module, parts.method.student.backbone))  # a ResNet or ViT
+    if parts.compile_mode is not None:
+        backbone.compile(mode=parts.compile_mode)
+    size = parts.loader.recipe.first.size
+    views = torch.randn(2 * parts.loader.batch_size // parts.accelerator.num_processes, 3, size, size,
+                        device=parts.device).contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
-        if trainer.graphed:
+        if parts.graphed:
             torch.compiler.cudagraph_mark_step_begin()
-        with trainer.accelerator.autocast():
+        with parts.accelerator.autocast():
             loss = backbone(views).float().square().mean()
         loss.backward()
         backbone.zero_grad(set_to_none=True)
@@ -263,15 +261,14 @@ def main(args: list[str] | None = None) -> None:
     opts = parse(Options, None, args, "gpu.py")
     results: dict[str, dict] = {}
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out_dir:
-        for name in opts.methods:
-            minutes = (time.perf_counter() - start) / 60
-            if minutes > opts.budget_minutes:
-                results[name] = {"skipped": f"{minutes:.1f} of {opts.budget_minutes:g} budgeted minutes spent"}
-            else:
-                results[name] = measure(name, opts, Path(out_dir))
-                print(name, json.dumps(results[name], indent=1), flush=True)
-            write(results, opts)
+    for name in opts.methods:
+        minutes = (time.perf_counter() - start) / 60
+        if minutes > opts.budget_minutes:
+            results[name] = {"skipped": f"{minutes:.1f} of {opts.budget_minutes:g} budgeted minutes spent"}
+        else:
+            results[name] = measure(name, opts)
+            print(name, json.dumps(results[name], indent=1), flush=True)
+        write(results, opts)
 
 
 if __name__ == "__main__":

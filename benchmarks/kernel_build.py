@@ -39,7 +39,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from fastssl.cli import parse  # noqa: E402
 from fastssl.kernels import contrastive  # noqa: E402
 from pipelines import fused  # noqa: E402
-from pipelines.views import ViewConfig, ViewPipeline  # noqa: E402
+from pipelines.spec import ViewConfig  # noqa: E402
+from pipelines.views import ViewPipeline  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 

@@ -16,7 +16,6 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastssl.cli import parse  # noqa: E402
 from fastssl.methods.base import Progress  # noqa: E402
 from fastssl.models.resnet import build_backbone  # noqa: E402
-from fastssl.recipe import build_trainer, load_recipe  # noqa: E402
-from fastssl.train.loop import Meter  # noqa: E402
+from fastssl.recipes import get  # noqa: E402
+from fastssl.train.build import build  # noqa: E402
+from fastssl.train.step import Meter, train_step  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -58,23 +58,18 @@ def time_steps(step, steps: int, device: torch.device) -> list[float]:
     return times
 
 
-def recipe_step(name: str, opts: Options, out_dir: Path):
-    recipe = load_recipe(name)
-    cfg = recipe.PRESETS["cifar10"]
-    cfg = dataclasses.replace(
-        cfg, data=opts.data,
-        optim=dataclasses.replace(cfg.optim, batch_size=opts.batch_size),
-        model=dataclasses.replace(cfg.model, width=opts.width),
-        run=dataclasses.replace(cfg.run, out_dir=out_dir, progress_bar=False),
-    )
-    trainer = build_trainer(recipe, cfg)
-    batches, meter = iter(trainer.loader), Meter()
+def recipe_step(name: str, opts: Options):
+    recipe = get(name)
+    cfg = recipe.preset("cifar10", data=opts.data, optim={"batch_size": opts.batch_size},
+                        model={"width": opts.width}, run={"progress_bar": False})
+    parts = build(recipe, cfg)
+    batches, meter = iter(parts.loader), Meter()
 
     def step() -> None:
-        progress = Progress(0, trainer.loader.step, len(trainer.loader), cfg.optim.epochs)
-        trainer._step(next(batches), progress, meter)
+        progress = Progress(0, parts.loader.step, len(parts.loader), cfg.optim.epochs)
+        train_step(parts, next(batches), progress, meter)
 
-    return step, trainer.device
+    return step, parts.device
 
 
 def bare_step(opts: Options, device: torch.device):
@@ -97,10 +92,9 @@ def bare_step(opts: Options, device: torch.device):
 def main() -> None:
     opts = parse(Options, None, None, "train_step.py")
     rows = {}
-    with tempfile.TemporaryDirectory() as out_dir:
-        for name in ("mocov2", "simclr"):
-            step, device = recipe_step(name, opts, Path(out_dir))
-            rows[name] = time_steps(step, opts.steps, device)
+    for name in ("mocov2", "simclr"):
+        step, device = recipe_step(name, opts)
+        rows[name] = time_steps(step, opts.steps, device)
     rows["bare forward+backward (2 views, BN, SGD)"] = time_steps(bare_step(opts, device), opts.steps, device)
     bare = statistics.median(rows["bare forward+backward (2 views, BN, SGD)"])
     if device.type == "cuda":

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastssl.recipe import load_recipe  # noqa: E402
+from fastssl.recipes.launch import main as run_recipe  # noqa: E402
 from fastssl.train.loop import standard_error_pct  # noqa: E402
 
 SAMPLE = ROOT / "demo" / "cifar10-sample.tar.gz"
@@ -32,7 +32,7 @@ def main() -> None:
     name = time.strftime("demo-mocov2-%Y%m%d-%H%M%S")
     args = ["--data", str(DATA), "--preset", "demo", "--run.name", name,
             "--run.out-dir", str(ROOT / "runs"), *sys.argv[1:]]
-    summary = load_recipe("mocov2").main(args)
+    summary = run_recipe("mocov2", args)
 
     knn = summary["knn"]["student"]
     if "last" not in knn:

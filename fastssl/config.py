@@ -1,56 +1,60 @@
 """Configuration: nested frozen dataclasses, every field overridable from the command line
-(``--optim.batch-size 512``). Units are in the names or the comments. A recipe adds its
-``method`` field and cites where each default comes from."""
+(``--optim.batch-size 512``), units in the names or the comments, and their JSON form.
+
+``TrainConfig[M]`` is a run: the data set, the method's own settings ``M``, the views, the
+backbone, the optimiser and the run's bookkeeping. Recipes whose views are not two of one
+kind use a subclass that adds the other views' settings and says how the views group by
+resolution (``view_groups``). A recipe's defaults and presets are declared with its method
+(``fastssl.recipes``); this module knows no recipe.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-from pipelines.views import ViewConfig
+from pipelines.spec import ViewConfig, weak_view
 
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
-TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+M = TypeVar("M")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # ResNets from torchvision's blocks; ViTs from timm (the [vit] extra; DINO, MoCo v3)
     arch: Literal["resnet18", "resnet50", "vit_tiny", "vit_small"] = "resnet18"
+    """ResNets from torchvision's blocks; ViTs from timm (the [vit] extra)."""
     patch_size: int = 4  # ViT patch side in pixels (4 for 32 px images, 16 for 224 px)
-    cifar_stem: bool = True  # 3×3 stride-1 conv1 (Mini-SSL, for 32–64 px images)
-    maxpool: bool = False  # stem max-pool: dropped for CIFAR, kept for Tiny-ImageNet (Mini-SSL)
-    width: int = 64  # channels of the first stage (64 in the paper)
-    norm: Literal["bn", "split_bn", "sync_bn"] = "split_bn"
-    # Split-BN groups per view of the global batch, shared out over processes (Mini-SSL: 8 of 32 images).
+    cifar_stem: bool = True  # ResNet conv1 3×3 at stride 1 (Mini-SSL, for 32–64 px images); else 7×7 at stride 2
+    maxpool: bool = False  # ResNet stem max-pool: dropped for CIFAR, kept for Tiny-ImageNet (Mini-SSL)
+    width: int = 64  # channels of the first ResNet stage (64 in the paper and torchvision)
+    norm: Literal["bn", "split_bn", "sync_bn"] = "split_bn"  # the backbone's batch norm
     bn_splits: int = 8
+    """Split-BN groups per view of the global batch, shared out over processes (Mini-SSL: 8 of 32 images)."""
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    epochs: int = 200
+    epochs: int = 200  # training epochs (Mini-SSL's CIFAR budget)
     batch_size: int = 256  # global: summed over processes
     optimizer: Literal["sgd", "lars", "adamw"] = "sgd"  # Mini-SSL: SGD; solo-learn's CIFAR LARS recipes
     lr_per_256: float = 0.06  # peak lr at batch 256, scaled to batch_size by lr_scaling (Mini-SSL)
-    # linear: lr_per_256 × batch/256 (Goyal et al.); sqrt: × √(batch/256) (LARS, large
-    # batches); none: lr_per_256 whatever the batch
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    """Linear: lr_per_256 × batch/256 (Goyal et al.); sqrt: × √(batch/256); none: as given."""
     momentum: float = 0.9  # SGD/LARS momentum; AdamW β1
     weight_decay: float = 5e-4  # Mini-SSL: on every parameter, BN and biases included
-    # LARS (You et al., 2017): trust coefficient, and biases and norm parameters left out of
-    # the adaptation and the weight decay (solo-learn's exclude_bias_n_norm)
-    lars_eta: float = 0.02
+    lars_eta: float = 0.02  # LARS trust coefficient η (You et al., 2017; solo-learn)
     lars_exclude_bias_and_norm: bool = True
-    warmup_epochs: float = 5.0  # linear from 0, then the schedule, per step (Mini-SSL)
+    """LARS: biases and norm parameters get no adaptation and no decay (solo-learn)."""
+    warmup_epochs: float = 5.0  # linear warm-up from 0, then the schedule, per step (Mini-SSL)
     schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up: cosine to 0 (Mini-SSL), or the peak lr
-    # Gradient accumulation over micro-batches; refused for every method whose loss depends
-    # on the whole batch (in-batch negatives, BN statistics, queues) — all the current ones.
     accumulate_steps: int = 1
-    probe_lr: float = 0.1  # online linear probe, SGD momentum 0.9, no decay (solo-learn)
+    """Gradient accumulation over micro-batches; refused for batch-dependent losses (all current methods)."""
+    probe_lr: float = 0.1  # online linear probe: SGD momentum 0.9, no decay (solo-learn)
 
     @property
     def lr(self) -> float:
@@ -60,90 +64,181 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = ""  # run folder under out_dir; empty: <method>-<data set folder>
-    out_dir: Path = Path("runs")
+    name: str = ""  # run folder under out_dir; empty: <recipe>-<data set folder>
+    out_dir: Path = Path("runs")  # where run folders are made
     seed: int = 1339  # Mini-SSL's seed
     knn_every_epochs: int = 5  # kNN monitor period in epochs (also after the last epoch)
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_k: int = 200  # neighbours of the weighted kNN monitor (Mini-SSL)
+    knn_temperature: float = 0.1  # temperature of the kNN monitor's vote weights (Mini-SSL)
     knn_before_training: bool = True  # evaluate the untrained network too
     eval_batch_size: int = 1024  # images per forward when extracting features
     log_every_steps: int = 20  # metrics are read from the device only this often
-    checkpoint_every_epochs: int = 1
+    checkpoint_every_epochs: int = 1  # epochs between checkpoints (also after the last)
     stop_after_steps: int | None = None  # leave early (with a checkpoint) after this many steps
     stop_after_minutes: float | None = None  # likewise after this much wall-clock time
-    progress_bar: bool = True
+    progress_bar: bool = True  # a tqdm bar per epoch
     deterministic: bool = False  # deterministic kernels (slower), for bit-reproducible runs
-    # Speed switches (a benchmark's plain baseline turns them off). Precision auto: bf16
-    # autocast on CUDA, fp32 on the CPU (where bf16 autocast is 15–25× slower).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Auto: bf16 autocast on CUDA, fp32 on the CPU (where bf16 is 15–25× slower)."""
     channels_last: bool = True  # weights and views in channels-last memory
-    # None = on with CUDA, off on the CPU (where compiling gains nothing here):
-    compile: bool | None = None  # torch.compile the student and teacher networks
-    cuda_graphs: bool | None = None  # with compile: capture them as CUDA graphs ("reduce-overhead")
-    fused_optimizer: bool | None = None  # torch's fused SGD/AdamW kernels
-    fused_views: bool | None = None  # all augmentations of ≤ 64 px views in one Triton launch (CUDA)
+    compile: bool | None = None  # torch.compile the student and teacher networks (None: on with CUDA)
+    cuda_graphs: bool | None = None  # with compile: capture the networks as CUDA graphs (None: on with CUDA)
+    fused_optimizer: bool | None = None  # torch's fused SGD/AdamW kernels (None: on with CUDA)
+    fused_views: bool | None = None  # all augmentations of ≤ 64 px views in one Triton launch (None: on with CUDA)
     tensorboard: bool = False  # also log metrics as TensorBoard scalars (the [report] extra)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Generic[M]):
+    """A training run: two views of one kind per image (``views``) unless a subclass adds more."""
+
     data: Path  # a data set converted by tools/convert.py
-    # Splits trained on, concatenated (STL-10: train and unlabeled); the kNN bank is "train"
+    method: M  # the method's own settings
     train_splits: tuple[str, ...] = ("train",)
-    resume: bool = False  # continue runs/<name>/ from its last checkpoint
+    """Splits trained on, concatenated (STL-10: train and unlabeled); the kNN bank is "train"."""
     views: ViewConfig = field(default_factory=ViewConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    """The views of each image (the first view where there are several kinds)."""
+    model: ModelConfig = field(default_factory=ModelConfig)  # the backbone
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser and schedule
+    run: RunConfig = field(default_factory=RunConfig)  # logging, evaluation, stopping, speed switches
+
+    def view_groups(self) -> dict[str, list[ViewConfig]]:
+        """The views per resolution group, in the order a method reads them."""
+        return {"global": [self.views, self.views]}
+
+
+@dataclass(frozen=True)
+class SecondViewTrainConfig(TrainConfig[M]):
+    """Two views of one size, each with its own augmentation (BYOL's asymmetric pair)."""
+
+    second_views: ViewConfig = field(default_factory=ViewConfig)  # the second view of each image
+
+    def view_groups(self) -> dict[str, list[ViewConfig]]:
+        return {"global": [self.views, self.second_views]}
+
+
+@dataclass(frozen=True)
+class WeakViewTrainConfig(TrainConfig[M]):
+    """A strong view (``views``) and a weak one for the teacher (ReSSL, MSF, SCE)."""
+
+    weak_views: ViewConfig = field(default_factory=weak_view)  # the second, weak view of each image
+
+    def view_groups(self) -> dict[str, list[ViewConfig]]:
+        return {"global": [self.views, self.weak_views]}
+
+
+@dataclass(frozen=True)
+class LocalCropsTrainConfig(TrainConfig[M]):
+    """Two global views of one kind and ``local_crops`` small ones (SwAV's multi-crop)."""
+
+    local_views: ViewConfig = field(default_factory=ViewConfig)  # the small views
+    local_crops: int = 0  # small views per image
+
+    def view_groups(self) -> dict[str, list[ViewConfig]]:
+        return {**super().view_groups(), **self._local()}
+
+    def _local(self) -> dict[str, list[ViewConfig]]:
+        return {"local": [self.local_views] * self.local_crops} if self.local_crops else {}
+
+
+@dataclass(frozen=True)
+class MultiCropTrainConfig(LocalCropsTrainConfig[M]):
+    """Two global views of two kinds and small ones (DINO's multi-crop)."""
+
+    second_views: ViewConfig = field(default_factory=ViewConfig)  # the second global view of each image
+
+    def view_groups(self) -> dict[str, list[ViewConfig]]:
+        return {"global": [self.views, self.second_views], **self._local()}
 
 
 C = TypeVar("C", bound=TrainConfig)
 
 
+def view_fields(cfg: TrainConfig) -> list[str]:
+    """The names of ``cfg``'s ``ViewConfig`` fields (``views``, ``second_views``, …)."""
+    return [f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), ViewConfig)]
+
+
 def with_views(cfg: C, **changes) -> C:
-    """``cfg`` with ``changes`` made to every ``ViewConfig`` it holds (a recipe may add view
-    fields of its own: BYOL's second view, ReSSL's weak one, SwAV's local crops). A
-    ``size`` change scales every view by the same factor, so local crops keep their
-    proportion to the global ones."""
-    updates: dict[str, Any] = {}  # field name → its new ViewConfig
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, ViewConfig):
-            view_changes = dict(changes)
-            if "size" in changes:
-                view_changes["size"] = round(value.size * changes["size"] / cfg.views.size)
-            updates[f.name] = replace(value, **view_changes)
+    """``cfg`` with ``changes`` made to every ``ViewConfig`` it holds. A ``size`` change
+    scales every view by the same factor, so local crops keep their proportion to the
+    global ones."""
+    updates: dict[str, Any] = {}
+    for name in view_fields(cfg):
+        value: ViewConfig = getattr(cfg, name)
+        view_changes = dict(changes)
+        if "size" in changes:
+            view_changes["size"] = round(value.size * changes["size"] / cfg.views.size)
+        updates[name] = replace(value, **view_changes)
     return replace(cfg, **updates)
 
 
-def dataset_presets(cifar10: C) -> dict[str, C]:
-    """A recipe's presets per data set, from its CIFAR-10 configuration: the normalisation
-    statistics, view size and stem Mini-SSL uses for each (data_public.py, resnet.py).
-    Method-specific changes (e.g. MoCo's Tiny-ImageNet momentum) are the recipe's."""
-    model = cifar10.model
+def with_changes(value: Any, changes: Mapping[str, Any]) -> Any:
+    """``value`` (a dataclass) with ``changes``: a field → its new value, or, for a nested
+    dataclass field, → a mapping of changes to it."""
+    updates = {}
+    for name, change in changes.items():
+        current = getattr(value, name)
+        nested = isinstance(change, Mapping) and dataclasses.is_dataclass(current)
+        updates[name] = with_changes(current, change) if nested else change
+    return replace(value, **updates)
 
-    def imagenet_like(size: int) -> C:  # ImageNet stem and statistics (fastssl-tuned for Imagenette)
-        views = with_views(cifar10, size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-        return replace(views, model=replace(model, cifar_stem=False, maxpool=True, patch_size=16))
 
-    return {
-        "cifar10": cifar10,
-        "cifar100": with_views(cifar10, mean=CIFAR100_MEAN, std=CIFAR100_STD),
-        # Mini-SSL: 64 px, 3×3 stem with the max-pool kept.
-        "tiny-imagenet": replace(
-            with_views(cifar10, size=64, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD),
-            model=replace(model, maxpool=True, patch_size=8),
-        ),
-        # The 32 px copy in ../shared/data: CIFAR geometry, Tiny-ImageNet statistics (fastssl-tuned).
-        "tiny-imagenet-32": with_views(cifar10, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD),
-        # Mini-SSL's STL-10: 96 px, 3×3 stem with the max-pool kept; ImageNet statistics;
-        # trained on the labelled and the 100,000 unlabelled images.
-        "stl10": replace(
-            with_views(cifar10, size=96, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-            model=replace(model, maxpool=True, patch_size=12),
-            train_splits=("train", "unlabeled"),
-        ),
-        "imagenette-128": imagenet_like(128),
-        "imagenette-224": imagenet_like(224),
-    }
+# --- the JSON form (summary.json, checkpoints, config.yaml) ------------------------------
+
+
+class ConfigError(ValueError):
+    """Stored settings that do not fit the configuration they are read into."""
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON values of a configuration: dataclasses as objects, tuples as lists, paths
+    as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(cls: type[C] | type, values: Mapping[str, Any], method: type | None = None, where: str = "") -> Any:
+    """The dataclass ``cls`` from its JSON form (``to_json``'s inverse): nested dataclasses,
+    tuples, paths and optional values rebuilt from their field types; ``method`` is the
+    type of a ``TrainConfig``'s method settings. A key ``cls`` lacks raises ``ConfigError``
+    naming it; a missing key takes the field's default."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(where + k for k in unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        kind = method if isinstance(hints[name], TypeVar) else hints[name]
+        kwargs[name] = _typed(kind, value, f"{where}{name}.")
+    return cls(**kwargs)
+
+
+def _typed(kind: Any, value: Any, where: str) -> Any:
+    """``value`` (JSON) as the field type ``kind``."""
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None:
+            return None
+        kind = next(a for a in arguments if a is not type(None))
+        origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where[:-1]}: expected settings, got {value!r}")
+        return from_json(typing.cast(type, kind), value, where=where)
+    if origin is tuple:
+        item = arguments[0]
+        return tuple(_typed(item, v, where) for v in value)
+    if origin is Literal and value not in arguments:
+        raise ConfigError(f"{where[:-1]}: {value!r} is not one of {', '.join(map(repr, arguments))}")
+    if kind is Path:
+        return Path(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

@@ -1,13 +1,9 @@
-"""A trained network out of a run: the backbone of a checkpoint, rebuilt from the run's own
-configuration, and its export as a plain state dict with a model card.
-
-A checkpoint (``runs/<name>/checkpoint.pt``) holds ``method`` (the method's state dict, the
-student backbone under ``student.backbone.``) and ``config`` (the run's ``TrainConfig`` as
-JSON), so any checkpoint can be evaluated or exported without knowing which recipe made it.
+"""The export of a run's student backbone: a plain state dict and a model card.
 
 The exported ResNet is a torchvision state dict without ``fc`` (fastssl's ResNet keeps
-torchvision's parameter names). It loads strictly into ``torchvision.models.resnet18`` /
-``resnet50`` once the stem matches the run's and the classifier is removed::
+torchvision's parameter names). At torchvision's width (``--model.width 64``) it loads
+strictly into ``torchvision.models.resnet18`` / ``resnet50`` once the stem matches the
+run's and the classifier is removed::
 
     model = torchvision.models.resnet18()
     model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem (model.cifar_stem)
@@ -17,99 +13,35 @@ torchvision's parameter names). It loads strictly into ``torchvision.models.resn
 
 The model card's ``weights.build`` holds exactly these lines for the run (the tests execute
 them). torchvision's ResNets have 64 channels in the first stage: a narrower ``--model.width``
-loads only into ``fastssl.models.resnet.ResNet``. A ViT exports its timm state dict, which
-loads into the ``timm.create_model`` call the card names.
+has the same names but other shapes and loads only into ``fastssl.models.resnet.ResNet``
+(the card's ``weights.loads_into`` says "fastssl"). A ViT exports its timm state dict, which
+loads into the ``timm.create_model`` call the card names. The card also names the data set,
+absolute and relative to the export folder, so an export moved with its data set still
+finds it (``fastssl.weights`` loads an export back).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
-from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from fastssl.config import ModelConfig
 from fastssl.eval.linear import headline
-from fastssl.models.backbone import backbone_from_config
-from fastssl.models.vit import TIMM_NAMES, ViT
+from fastssl.models.vit import TIMM_NAMES
+from fastssl.run_folder import RunFolderError
 from fastssl.train.checkpoint import save_atomic, write_atomic
-from pipelines.views import ViewConfig
-
-STUDENT_BACKBONE = "student.backbone."  # the prefix of its parameters in a checkpoint's "method"
-WEIGHTS_FILE, CARD_FILE = "backbone.pt", "model_card.json"
-
-
-class CheckpointError(Exception):
-    """A path that is not a readable fastssl checkpoint."""
-
-
-@dataclass
-class TrainedBackbone:
-    network: nn.Module  # in eval mode, BN with the running statistics
-    config: dict[str, Any]  # the run's TrainConfig as JSON
-    model: ModelConfig
-    views: ViewConfig  # the training views: evaluation takes their size and normalisation
-    run_dir: Path
-    epochs_done: int
-    method: str  # the recipe that trained it
-
-
-def from_json(cls: type, values: dict[str, Any]) -> Any:
-    """A config dataclass from its JSON (lists back to tuples); unknown keys are ignored,
-    since a strict state-dict load catches any architecture they would have changed."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's contents, loaded as plain tensors and containers (``weights_only``:
-    no code runs from the file)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many kinds on foreign or truncated files
-        raise CheckpointError(f"{path}: not a fastssl checkpoint ({type(error).__name__})") from error
-    if not isinstance(state, dict) or not {"method_name", "method", "config"} <= state.keys():
-        raise CheckpointError(f"{path}: not a fastssl checkpoint (no 'method_name', 'method' and 'config')")
-    return state
-
-
-def load_backbone(path: Path) -> TrainedBackbone:
-    """The run's student backbone, rebuilt from its configuration in eval mode. Split-BN and
-    sync-BN are built as plain BN: in eval mode all three are the same function of the same
-    parameters and running statistics."""
-    state = read_checkpoint(path)
-    prefix = STUDENT_BACKBONE
-    weights = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
-    if not weights:
-        raise CheckpointError(f"{path}: holds no student backbone ({prefix}*)")
-    config = state["config"]
-    try:
-        model = dataclasses.replace(from_json(ModelConfig, config["model"]), norm="bn")
-        views = from_json(ViewConfig, config["views"])
-        network = backbone_from_config(model, views.size, 1)
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
-        raise CheckpointError(f"{path}: unreadable run configuration ({error})") from error
-    try:
-        network.load_state_dict(weights)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"{path}: the backbone does not match its configuration ({first})") from error
-    return TrainedBackbone(network.eval(), config, model, views, path.parent, state.get("epoch_done", 0),
-                           state["method_name"])
+from fastssl.weights import CARD_FILE, WEIGHTS_FILE, TrainedBackbone, load_checkpoint, outside_names
 
 
 def exported_state_dict(trained: TrainedBackbone) -> dict[str, Tensor]:
     """torchvision names for a ResNet (no ``fc``), timm's for a ViT; contiguous CPU tensors."""
-    network = trained.network
-    state = (network.net if isinstance(network, ViT) else network).state_dict()
+    state = outside_names(trained.network).state_dict()
     return {name: value.detach().cpu().contiguous() for name, value in state.items()}
 
 
@@ -160,19 +92,29 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def model_card(trained: TrainedBackbone, checkpoint_path: Path, weights: Path, weights_sha256: str) -> dict[str, Any]:
+def data_set_now(trained: TrainedBackbone) -> Path:
+    """The run's data set where it is now (``TrainedBackbone.data_set``), else where it was:
+    an export needs no data set, its card names it all the same."""
+    try:
+        return trained.data_set().resolve()
+    except RunFolderError:
+        return Path(str(trained.data))
+
+
+def model_card(trained: TrainedBackbone, weights: Path, weights_sha256: str) -> dict[str, Any]:
     """What the export is, how it was trained and how well it does, from the checkpoint and
     the run folder's ``summary.json`` and ``linear.json`` (absent entries are null)."""
-    summary = read_json(trained.run_dir / "summary.json") or {}
+    summary = read_json(trained.folder / "summary.json") or {}
     config, model, views = trained.config, trained.model, trained.views
-    meta = read_json(Path(config.get("data", "")) / "meta.json") or {}
+    data = data_set_now(trained)
+    meta = read_json(data / "meta.json") or {}
     knn = summary.get("knn", {})
-    linear = read_json(trained.run_dir / "linear.json") or {}
+    linear = read_json(trained.folder / "linear.json") or {}
     return {
-        "name": trained.run_dir.name,
+        "name": trained.name,
         "method": trained.method,
-        "data_set": {"path": config.get("data"), "source": meta.get("source"),
-                     "classes": len(meta["classes"]) if "classes" in meta else None},
+        "data_set": {"path": str(data), "relative_path": os.path.relpath(data, weights.parent.resolve()),
+                     "source": meta.get("source"), "classes": len(meta["classes"]) if "classes" in meta else None},
         "architecture": model.arch,
         "feature_dim": trained.network.feature_dim,
         "weights": {
@@ -191,20 +133,20 @@ def model_card(trained: TrainedBackbone, checkpoint_path: Path, weights: Path, w
                 for name, entry in knn.items()},
         "linear": {protocol: headline(r) for protocol, r in linear.items() if isinstance(r, dict)} or None,
         "config": config,
-        "checkpoint": str(checkpoint_path),
+        "checkpoint": str(trained.source),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def export(checkpoint_path: Path, out_dir: Path) -> dict[str, Any]:
-    """Write ``backbone.pt`` (the student backbone's state dict) and ``model_card.json`` into
-    ``out_dir``, each atomically; returns the card."""
-    trained = load_backbone(checkpoint_path)
+def export(run: Path, out_dir: Path) -> dict[str, Any]:
+    """Write ``backbone.pt`` (the student backbone's state dict) of a run folder or a
+    checkpoint and ``model_card.json`` into ``out_dir``, each atomically; returns the card."""
+    trained = load_checkpoint(run)
     state = exported_state_dict(trained)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
     save_atomic(state, weights)
     sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
-    card = model_card(trained, checkpoint_path, weights, sha256)
+    card = model_card(trained, weights, sha256)
     write_text_atomic(out_dir / CARD_FILE, json.dumps(card, indent=1))
     return card

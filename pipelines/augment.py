@@ -41,6 +41,7 @@ How the work is batched, since every image has its own parameters:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -426,3 +427,32 @@ class Normalize:
         offset = -_constant(self.mean, device)[None, :, None, None] * inverse_std
         images = torch.addcmul(offset, images, inverse_std, out=images if inplace else None)
         return images.contiguous(memory_format=torch.channels_last)
+
+
+@dataclass
+class ViewParams:
+    """Every view's random parameters (view-major), drawn on the CPU."""
+
+    crop: CropParams
+    flip: Tensor  # (V·N) bool
+    jitter: JitterParams
+    grayscale: Tensor  # (V·N) bool
+    blur_sigma: Tensor  # (V·N) σ in pixels, 0 where not blurred
+    solarize: Tensor  # (V·N) bool
+
+    def take(self, rows: Tensor) -> ViewParams:
+        """The parameters of the given rows only (a process's share of a global batch)."""
+        return _map_fields(lambda value: value[rows], self)
+
+    @staticmethod
+    def concatenate(parts: list[ViewParams]) -> ViewParams:
+        """The rows of several parameter sets, one after the other."""
+        return _map_fields(torch.cat, *parts)
+
+
+def _map_fields(function, *values):
+    """``function`` over the tensors of (nested dataclasses) ``values``, field by field."""
+    if isinstance(values[0], Tensor):
+        return function(values[0]) if len(values) == 1 else function(list(values))
+    fields = dataclasses.fields(values[0])
+    return type(values[0])(**{f.name: _map_fields(function, *(getattr(v, f.name) for v in values)) for f in fields})

@@ -30,8 +30,8 @@ import os
 import torch
 from torch import Tensor
 
-from pipelines.augment import LUMA
-from pipelines.views import ViewConfig, ViewParams
+from pipelines.augment import LUMA, ViewParams
+from pipelines.spec import ViewConfig
 
 try:
     import triton

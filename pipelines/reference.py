@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from pipelines.views import ViewConfig
+from pipelines.spec import ViewConfig
 
 
 def torchvision_transform(c: ViewConfig, blur: bool = True) -> T.Compose:

@@ -2,88 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from pipelines.augment import (
     ColorJitter,
-    CropParams,
     GaussianBlur,
-    JitterParams,
     Normalize,
     RandomGrayscale,
     RandomHorizontalFlip,
     RandomResizedCrop,
     RandomSolarize,
+    ViewParams,
 )
 from pipelines.batch import ViewMeta
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
-
-
-@dataclass(frozen=True)
-class ViewConfig:
-    """One view's augmentation, in the order applied (the MoCo v2 / SimCLR CIFAR recipe)."""
-
-    size: int = 32  # output side in pixels
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # fraction of the source area
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # width / height
-    flip_p: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # b, c, s, hue
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels
-    # Taps of the Gaussian: 2·⌈3σ_max⌉+1 approximates the untruncated PIL blur Mini-SSL uses.
-    blur_kernel: int = 13
-    solarize_p: float = 0.0
-    solarize_threshold: float = 0.5  # on [0, 1] intensities
-    mean: tuple[float, float, float] = CIFAR10_MEAN
-    std: tuple[float, float, float] = CIFAR10_STD
-
-
-def weak_view() -> ViewConfig:
-    """Mini-SSL's weak teacher view (``get_weak_augment``): crop (0.2–1) and a flip with
-    p 0.9 (sic), no colour — for ReSSL, MSF and SCE."""
-    return ViewConfig(flip_p=0.9, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
-
-
-@dataclass
-class ViewParams:
-    """Every view's random parameters (view-major), drawn on the CPU."""
-
-    crop: CropParams
-    flip: Tensor  # (V·N) bool
-    jitter: JitterParams
-    grayscale: Tensor  # (V·N) bool
-    blur_sigma: Tensor  # (V·N) σ in pixels, 0 where not blurred
-    solarize: Tensor  # (V·N) bool
-
-    def take(self, rows: Tensor) -> ViewParams:
-        """The parameters of the given rows only (a process's share of a global batch)."""
-        return _map_fields(lambda value: value[rows], self)
-
-    @staticmethod
-    def concatenate(parts: list[ViewParams]) -> ViewParams:
-        """The rows of several parameter sets, one after the other."""
-        return _map_fields(torch.cat, *parts)
-
-
-def _map_fields(function, *values):
-    """``function`` over the tensors of (nested dataclasses) ``values``, field by field."""
-    if isinstance(values[0], Tensor):
-        return function(values[0]) if len(values) == 1 else function(list(values))
-    fields = dataclasses.fields(values[0])
-    return type(values[0])(**{f.name: _map_fields(function, *(getattr(v, f.name) for v in values)) for f in fields})
-
-
-# Settings applied to a whole resolution group at once: its views must agree on them.
-GROUP_SETTINGS = ("size", "blur_kernel", "solarize_threshold", "mean", "std")
+from pipelines.fused import fused_views, fused_views_supported
+from pipelines.spec import GROUP_SETTINGS, ViewConfig
 
 
 def _sampling_ops(c: ViewConfig) -> tuple:
@@ -102,10 +38,12 @@ class ViewPipeline:
 
     The views of a group may differ in their probabilities and strengths (BYOL's asymmetric
     blur and solarisation, the weak teacher view of ReSSL) but not in ``GROUP_SETTINGS``.
-    Consecutive equal configs draw their parameters together.
+    Consecutive equal configs draw their parameters together. ``fused``: on CUDA, small
+    views take the one-launch Triton kernel; ``out_dtype``: the views' dtype (bf16 under
+    bf16 autocast: the backbone's first convolution reads them as they are).
     """
 
-    def __init__(self, configs: list[ViewConfig]) -> None:
+    def __init__(self, configs: list[ViewConfig], fused: bool = False, out_dtype: torch.dtype = torch.float32) -> None:
         if not configs:
             raise ValueError("a view group needs at least one view")
         for setting in GROUP_SETTINGS:
@@ -117,9 +55,7 @@ class ViewPipeline:
         self.runs = [(_sampling_ops(cfg), len(list(run))) for cfg, run in itertools.groupby(configs)]
         self.crop, self.flip, self.jitter, self.grayscale, self.blur, self.solarize = self.runs[0][0]
         self.normalize = Normalize(c.mean, c.std)
-        # Set by the trainer: the fused CUDA kernel on or off, and the views' dtype (bf16
-        # under bf16 autocast: the backbone's first convolution reads them as they are).
-        self.fused, self.out_dtype = True, torch.float32
+        self.fused, self.out_dtype = fused, out_dtype
 
     def __call__(self, images: Tensor, sizes: Tensor, generator: torch.Generator) -> tuple[Tensor, ViewMeta]:
         """uint8 N×3×H×W (padded; ``sizes`` N×2 on the CPU) → (count·N)×3×s×s views."""
@@ -147,14 +83,11 @@ class ViewPipeline:
         the batch is padded) with ``params``: float, normalised, channels-last, view-major
         (view k of image i at row k·N + i). On CUDA, small images take the one-launch Triton
         kernel (``pipelines/fused.py``, in ``out_dtype``), else one batched op after another."""
-        if self.fused and images.is_cuda:
-            from pipelines.fused import fused_views, fused_views_supported  # Triton: imported on CUDA only
-
-            if fused_views_supported(images, self.config):
-                if sizes is None:
-                    sizes = torch.tensor([list(images.shape[-2:])]).expand(images.shape[0], 2)
-                views = fused_views(images, sizes, params, self.config, self.count, self.out_dtype)
-                return views, self._meta(params, images.device)
+        if self.fused and images.is_cuda and fused_views_supported(images, self.config):
+            if sizes is None:
+                sizes = torch.tensor([list(images.shape[-2:])]).expand(images.shape[0], 2)
+            views = fused_views(images, sizes, params, self.config, self.count, self.out_dtype)
+            return views, self._meta(params, images.device)
         sources = torch.cat([images] * self.count)  # view-major; keeps channels-last memory
         # Every op after the crop works in place on the crop's fresh output.
         views = self.crop(sources, params.crop, params.flip)  # the flip folded into the crop
@@ -173,10 +106,12 @@ class ViewPipeline:
 class ViewRecipe:
     """Named groups of views, one per resolution — ``{"global": [view1, view2], "local":
     [small] * 6}`` — each group a list of per-view configs. Evaluation images take the
-    first group's size and normalisation."""
+    first group's size and normalisation. ``fused`` and ``out_dtype`` as ``ViewPipeline``'s."""
 
-    def __init__(self, groups: dict[str, list[ViewConfig]]) -> None:
-        self.groups = {name: ViewPipeline(list(configs)) for name, configs in groups.items()}
+    def __init__(
+        self, groups: dict[str, list[ViewConfig]], fused: bool = False, out_dtype: torch.dtype = torch.float32
+    ) -> None:
+        self.groups = {name: ViewPipeline(list(configs), fused, out_dtype) for name, configs in groups.items()}
 
     def __call__(
         self, images: Tensor, sizes: Tensor, generator: torch.Generator, offset: int = 0
@@ -194,11 +129,6 @@ class ViewRecipe:
             views[name], meta[name] = pipeline.apply(images, params, sizes[offset : offset + n])
         return views, meta
 
-    def configure(self, fused: bool, out_dtype: torch.dtype) -> None:
-        """The fused CUDA kernel on or off, and the dtype the views are made in."""
-        for pipeline in self.groups.values():
-            pipeline.fused, pipeline.out_dtype = fused, out_dtype
-
     @property
     def first(self) -> ViewConfig:
         """The first group's shared settings: evaluation images take its size and
@@ -209,17 +139,3 @@ class ViewRecipe:
 def two_views(config: ViewConfig) -> ViewRecipe:
     """Two views of the same recipe (MoCo v2, SimCLR)."""
     return ViewRecipe({"global": [config, config]})
-
-
-def asymmetric_views(first: ViewConfig, second: ViewConfig) -> ViewRecipe:
-    """Two views of one size, each with its own recipe: BYOL's split of blur and
-    solarisation; a strong student view and a weak teacher view (ReSSL, MSF, SCE)."""
-    return ViewRecipe({"global": [first, second]})
-
-
-def multi_crop(first: ViewConfig, second: ViewConfig, local: ViewConfig, local_count: int) -> ViewRecipe:
-    """Two global views plus ``local_count`` small ones in a group of their own (SwAV, DINO)."""
-    groups = {"global": [first, second]}
-    if local_count:
-        groups["local"] = [local] * local_count
-    return ViewRecipe(groups)

@@ -42,10 +42,10 @@ def gpu_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_checkpoint(tiny_dataset, tmp_path_factory):
     """A finished one-epoch (two-step) MoCo v2 run on the tiny data set: its checkpoint."""
-    from fastssl.recipe import load_recipe
+    from fastssl.recipes.launch import main as run_recipe
 
     out = tmp_path_factory.mktemp("runs")
-    load_recipe("mocov2").main([
+    run_recipe("mocov2", [
         "--data", str(tiny_dataset), "--run.out-dir", str(out), "--model.width", "8", "--model.bn-splits", "2",
         "--optim.batch-size", "32", "--run.eval-batch-size", "32", "--run.no-progress-bar",
         "--run.log-every-steps", "1", "--optim.epochs", "1", "--method.queue-size", "32",

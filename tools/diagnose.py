@@ -1,9 +1,14 @@
 """Look at what a backbone learned: a t-SNE map of test features and a nearest-neighbour grid.
 
-    python tools/diagnose.py runs/<name>/checkpoint.pt [--data DIR] [--out DIR] [--queries 8] [--neighbours 8]
+    python tools/diagnose.py runs/<name> [--data DIR] [--out DIR] [--queries 8] [--neighbours 8]
+    python tools/diagnose.py runs/<name>/export                    # backbone.pt and its model card
+    python tools/diagnose.py resnet18.pth --arch resnet18 --data data/imagenette-128
 
-From the checkpoint's student backbone (eval mode, the run's own view size and
-normalisation), writes into ``--out`` (default: the run folder):
+Needs the [report] extra (matplotlib, scikit-learn). Loads the backbone through
+``fastssl.weights`` as ``tools/linear_probe.py`` does (a run folder or checkpoint, an
+export, or a plain torchvision/timm state dict with ``--arch``), in eval mode at its own
+view size and normalisation, and writes into ``--out`` (default: the run folder, or the
+folder of the export or state dict):
 
 - ``tsne.png``: t-SNE (scikit-learn, PCA initialisation) of the L2-normalised features of up to
   ``--tsne-images`` test images (a random subset), coloured by class — the cosine geometry
@@ -20,46 +25,56 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 # The repository root replaces this script's folder on the path: tools/profile.py would
 # otherwise shadow the standard library's ``profile`` module (imported by torch).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import matplotlib  # noqa: E402
+from fastssl.cli import fail, parse  # noqa: E402
 
-matplotlib.use("Agg")  # files only, no display
+PROGRAM = "diagnose.py"
 
-import matplotlib.pyplot as plt  # noqa: E402
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from sklearn.manifold import TSNE
+except ImportError as missing:
+    fail(PROGRAM, f"needs the [report] extra ({missing.name or missing} is missing): pip install -e '.[report]'")
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import tyro  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from fastssl.cli import fail, parse  # noqa: E402
 from fastssl.eval.linear import SplitFeatures, extract_splits  # noqa: E402
-from fastssl.export import CheckpointError, load_backbone  # noqa: E402
+from fastssl.run_folder import RunFolderError  # noqa: E402
 from fastssl.train.checkpoint import write_atomic  # noqa: E402
+from fastssl.weights import CheckpointError, OutsideWeights, load_backbone  # noqa: E402
 from pipelines.dataset import DatasetError, DatasetInfo, read_info  # noqa: E402
 from pipelines.loader import centre_square, centre_square_params, open_split  # noqa: E402
 
-PROGRAM = "diagnose.py"
 TSNE_FILE, NEIGHBOURS_FILE = "tsne.png", "neighbours.png"
 
 
 @dataclass(frozen=True)
 class DiagnoseConfig:
-    checkpoint: tyro.conf.Positional[Path]  # runs/<name>/checkpoint.pt
-    data: Path | None = None  # converted data set; default: the one the run trained on
-    out: Path | None = None  # folder for tsne.png and neighbours.png; default: the run folder
+    weights: tyro.conf.Positional[Path]
+    """A run folder or its checkpoint.pt; an export (its folder or backbone.pt); a plain state dict (with --arch)."""
+    data: Path | None = None  # converted data set; default: the one it trained on (required for a plain state dict)
+    out: Path | None = None  # folder for tsne.png and neighbours.png; default: the run folder (the weights' folder)
     tsne_images: int = 2000  # test images in the t-SNE map (a random subset when there are more)
     perplexity: float = 30.0  # t-SNE perplexity (lowered to (n − 1)/3 for small sets)
     queries: int = 8  # rows of the neighbour grid
     neighbours: int = 8  # training neighbours shown per query
     eval_batch_size: int = 1024  # images per forward when extracting features
     seed: int = 0  # choice of the t-SNE subset and the queries
+    outside: Annotated[OutsideWeights, tyro.conf.OmitArgPrefixes] = OutsideWeights()  # a plain state dict's network
 
 
 def save_png(figure: Figure, path: Path) -> None:
@@ -127,19 +142,19 @@ def main(args: list[str] | None = None) -> None:
     if min(cfg.tsne_images, cfg.queries, cfg.neighbours, cfg.eval_batch_size) < 1:
         fail(PROGRAM, "--tsne-images, --queries, --neighbours and --eval-batch-size must be at least 1")
     try:
-        trained = load_backbone(cfg.checkpoint)
-        data = cfg.data or Path(trained.config["data"])
+        trained = load_backbone(cfg.weights, cfg.outside, cfg.data)
+        data = cfg.data or trained.data_set()
         info = read_info(data)
         if cfg.neighbours > info.splits[info.train_split]["count"]:
             fail(PROGRAM, f"--neighbours {cfg.neighbours}: more than the {data} training split's images")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         features = extract_splits(trained.network, data, trained.views, device, cfg.eval_batch_size)
-    except (CheckpointError, DatasetError, ImportError, ValueError) as error:
+    except (CheckpointError, RunFolderError, DatasetError, ImportError, ValueError) as error:
         fail(PROGRAM, str(error))
     if len(features.test) < 4:
         fail(PROGRAM, f"{data}: t-SNE needs at least 4 test images, the split has {len(features.test)}")
-    out = cfg.out or trained.run_dir
-    title = trained.run_dir.name
+    out = cfg.out or trained.folder
+    title = trained.name
     tsne = tsne_figure(features.test, features.test_labels, info.classes, cfg, title)
     grid = neighbour_figure(features, cfg, trained.views.size, title)
     try:
@@ -148,7 +163,7 @@ def main(args: list[str] | None = None) -> None:
         save_png(grid, out / NEIGHBOURS_FILE)
     except OSError as error:
         fail(PROGRAM, f"--out {out}: cannot write ({error})")
-    print(f"{trained.run_dir.name}: written {out / TSNE_FILE} and {out / NEIGHBOURS_FILE}")
+    print(f"{trained.name}: written {out / TSNE_FILE} and {out / NEIGHBOURS_FILE}")
 
 
 if __name__ == "__main__":

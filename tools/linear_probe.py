@@ -1,13 +1,19 @@
-"""Linear evaluation of a run's student backbone.
+"""Linear evaluation of a backbone: a run's student, an export, or outside weights.
 
-    python tools/linear_probe.py runs/<name>/checkpoint.pt [--protocol mini-ssl|fast] [--epochs 100] [--data DIR]
+    python tools/linear_probe.py runs/<name> [--protocol mini-ssl|fast] [--epochs 100] [--data DIR]
+    python tools/linear_probe.py runs/<name>/export                # backbone.pt and its model card
+    python tools/linear_probe.py resnet18.pth --arch resnet18 --data data/imagenette-128
 
-Rebuilds the backbone from the checkpoint's own configuration and evaluates it on the data
-set it trained on (or ``--data``) by one of the protocols of ``fastssl.eval.linear``:
-``mini-ssl`` (100 epochs of SGD on augmented views, Mini-SSL's numbers; last and best
-epoch reported) or ``fast`` (L-BFGS logistic regression on features extracted once). The
-result goes into ``linear.json`` beside the checkpoint, one entry per protocol (an earlier
-entry of the other protocol is kept), written under a temporary name and renamed.
+Loads the backbone through ``fastssl.weights``: a run folder or its checkpoint (built from
+the run's own configuration), an export (``backbone.pt`` or its folder, built as its model
+card says) or a plain torchvision/timm state dict (built as ``--arch`` and the options
+beside it say; ``--data`` required). Evaluates it on the data set it trained on (found at
+its stored absolute path, else relative to the run or export folder), or on ``--data``, by
+one of the protocols of ``fastssl.eval.linear``: ``mini-ssl`` (100 epochs of SGD on
+augmented views, Mini-SSL's numbers; last and best epoch reported) or ``fast`` (L-BFGS
+logistic regression on features extracted once). The result goes into ``linear.json`` in
+the run folder (beside an export's or a state dict's file), one entry per protocol (an
+earlier entry of the other protocol is kept), written under a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 # The repository root replaces this script's folder on the path: tools/profile.py would
 # otherwise shadow the standard library's ``profile`` module (imported by torch).
@@ -29,7 +35,9 @@ import tyro  # noqa: E402
 
 from fastssl.cli import fail, parse  # noqa: E402
 from fastssl.eval.linear import LinearConfig, extract_splits, fast_probe, mini_ssl_linear  # noqa: E402
-from fastssl.export import CheckpointError, load_backbone, read_json, write_text_atomic  # noqa: E402
+from fastssl.export import read_json, write_text_atomic  # noqa: E402
+from fastssl.run_folder import RunFolderError  # noqa: E402
+from fastssl.weights import CheckpointError, OutsideWeights, load_backbone  # noqa: E402
 from pipelines.dataset import DatasetError, read_info  # noqa: E402
 
 PROGRAM = "linear_probe.py"
@@ -38,25 +46,27 @@ RESULTS_FILE = "linear.json"
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    checkpoint: tyro.conf.Positional[Path]  # runs/<name>/checkpoint.pt
+    weights: tyro.conf.Positional[Path]
+    """A run folder or its checkpoint.pt; an export (its folder or backbone.pt); a plain state dict (with --arch)."""
     protocol: Literal["mini-ssl", "fast"] = "mini-ssl"
-    data: Path | None = None  # converted data set; default: the one the run trained on
+    data: Path | None = None  # converted data set; default: the one it trained on (required for a plain state dict)
     epochs: int = 100  # mini-ssl: training epochs (the lr drops at 60 % and 80 % of them)
     batch_size: int = 256  # mini-ssl: images per step
     lr: float = 30.0  # mini-ssl: SGD lr (Nesterov momentum 0.9, no weight decay)
     eval_batch_size: int = 1024  # images per forward when extracting features
     seed: int = 1339  # order and views of the mini-ssl training batches
+    outside: Annotated[OutsideWeights, tyro.conf.OmitArgPrefixes] = OutsideWeights()  # a plain state dict's network
 
 
 def evaluate(cfg: ProbeConfig) -> tuple[dict[str, Any], Path]:
-    """The protocol's result for the checkpoint, and the run folder it belongs to."""
+    """The protocol's result for the weights, and the folder it belongs in."""
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.eval_batch_size < 1:
         fail(PROGRAM, "--epochs, --batch-size and --eval-batch-size must be at least 1")
     try:
-        trained = load_backbone(cfg.checkpoint)
-        data = cfg.data or Path(trained.config["data"])
+        trained = load_backbone(cfg.weights, cfg.outside, cfg.data)
+        data = cfg.data or trained.data_set()
         read_info(data)  # a data set that is missing or not converted fails before any work
-    except (CheckpointError, DatasetError, ImportError) as error:
+    except (CheckpointError, RunFolderError, DatasetError, ImportError) as error:
         fail(PROGRAM, str(error))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = trained.network
@@ -81,9 +91,9 @@ def evaluate(cfg: ProbeConfig) -> tuple[dict[str, Any], Path]:
     except (DatasetError, ValueError) as error:
         fail(PROGRAM, str(error))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result.update(checkpoint=str(cfg.checkpoint), epochs_trained=trained.epochs_done, data=str(data),
+    result.update(weights=str(trained.source), kind=trained.kind, epochs_trained=trained.epochs_done, data=str(data),
                   device=device_name, date=datetime.date.today().isoformat())
-    return result, trained.run_dir
+    return result, trained.folder
 
 
 def summary_line(result: dict[str, Any]) -> str:
@@ -98,12 +108,12 @@ def summary_line(result: dict[str, Any]) -> str:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     cfg = parse(ProbeConfig, None, args, PROGRAM)
-    result, run_dir = evaluate(cfg)
-    results = read_json(run_dir / RESULTS_FILE) or {}
+    result, folder = evaluate(cfg)
+    results = read_json(folder / RESULTS_FILE) or {}
     results[result["protocol"]] = result
-    write_text_atomic(run_dir / RESULTS_FILE, json.dumps(results, indent=1))
+    write_text_atomic(folder / RESULTS_FILE, json.dumps(results, indent=1))
     print(summary_line(result))
-    print(f"  written: {run_dir / RESULTS_FILE}")
+    print(f"  written: {folder / RESULTS_FILE}")
     return result
 
 

@@ -2,11 +2,12 @@
 
     python tools/profile.py --data data/cifar10 [data/cifar10-jpeg …] --recipe mocov2 [--trace trace.json]
 
-Builds the recipe's real trainer for a converted data set (its format picks the backend)
-and times, over ``--steps`` steps after a warm-up: read/decode (the backend's fetch), view
-making, forward with the loss, backward, optimiser step with the method's hooks, and the
-whole step as the loop runs it. CUDA work is timed with CUDA events, CPU work with the
-host clock. Prints a table, names the slowest stage, writes JSON, and can export a
+Builds the recipe's real run (``fastssl.train.build``) for a converted data set (its format
+picks the backend) and times, over ``--steps`` steps after a warm-up: read/decode (the
+backend's fetch), view making, and the named stages of the loop's own ``train_step``
+(forward with the loss, backward, optimiser step with the method's hooks), then the whole
+step as the loop runs it. CUDA work is timed with CUDA events, CPU work with the host
+clock. Prints a table, names the slowest stage, writes JSON, and can export a
 ``torch.profiler`` trace of a few whole steps (open it in Perfetto or chrome://tracing).
 
 Several ``--data`` (the same images in several formats) are profiled in one run, with a
@@ -17,11 +18,10 @@ views image by image.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,8 +36,9 @@ import torch  # noqa: E402
 
 from fastssl.cli import fail, parse  # noqa: E402
 from fastssl.methods.base import Progress  # noqa: E402
-from fastssl.recipe import build_trainer, load_recipe  # noqa: E402
-from fastssl.train.loop import Meter, RunError, Trainer  # noqa: E402
+from fastssl.recipes import UnknownRecipe, get  # noqa: E402
+from fastssl.train.build import Parts, RunError, build  # noqa: E402
+from fastssl.train.step import STAGES, Meter, train_step  # noqa: E402
 from pipelines.batch import ViewBatch  # noqa: E402
 from pipelines.dataset import DatasetError  # noqa: E402
 from pipelines.loader import Loader, epoch_permutation  # noqa: E402
@@ -53,7 +54,7 @@ PROGRAM = "profile.py"
 @dataclass(frozen=True)
 class ProfileConfig:
     data: tuple[Path, ...]  # one or more converted data sets (e.g. one per format)
-    recipe: str = "mocov2"  # recipes/<recipe>.py
+    recipe: str = "mocov2"  # a recipe's name (recipes/<recipe>.py)
     preset: str = "cifar10"
     batch_size: int | None = None  # default: the recipe's
     width: int | None = None  # ResNet first-stage channels; default: the recipe's
@@ -84,53 +85,72 @@ class Timer:
         return 1000 * (time.perf_counter() - begin), result
 
 
-def build(cfg: ProfileConfig, data: Path, out_dir: Path) -> Trainer:
+class StageClock:
+    """``train_step``'s ``stage``: times each named stage of a step, with CUDA events on a
+    GPU (read once the step is done) and the host clock on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: dict[str, tuple[Any, Any]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start: Any
+        end: Any
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+        else:
+            start = time.perf_counter()
+            yield
+            end = time.perf_counter()
+        self.marks[name] = (start, end)
+
+    def read(self) -> dict[str, float]:
+        """Milliseconds per stage of the last step."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return {name: start.elapsed_time(end) for name, (start, end) in self.marks.items()}
+        return {name: 1000 * (end - start) for name, (start, end) in self.marks.items()}
+
+
+def build_run(cfg: ProfileConfig, data: Path) -> Parts:
     try:
-        recipe = load_recipe(cfg.recipe)
-    except FileNotFoundError:
-        fail(PROGRAM, f"--recipe {cfg.recipe}: no recipes/{cfg.recipe}.py")
-    if cfg.preset not in recipe.PRESETS:
-        fail(PROGRAM, f"--preset {cfg.preset}: {cfg.recipe} has {', '.join(recipe.PRESETS)}")
-    train = recipe.PRESETS[cfg.preset]
-    optim = train.optim if cfg.batch_size is None else dataclasses.replace(train.optim, batch_size=cfg.batch_size)
-    model = train.model if cfg.width is None else dataclasses.replace(train.model, width=cfg.width)
-    run = dataclasses.replace(train.run, out_dir=out_dir, progress_bar=False)
-    train = dataclasses.replace(train, data=data, optim=optim, model=model, run=run)
-    return build_trainer(recipe, train)
+        recipe = get(cfg.recipe)
+    except UnknownRecipe as error:
+        fail(PROGRAM, f"--recipe {cfg.recipe}: {error}")
+    if cfg.preset not in recipe.presets:
+        fail(PROGRAM, f"--preset {cfg.preset}: {cfg.recipe} has {', '.join(recipe.presets)}")
+    changes: dict[str, Any] = {"data": data, "run": {"progress_bar": False}}
+    if cfg.batch_size is not None:
+        changes["optim"] = {"batch_size": cfg.batch_size}
+    if cfg.width is not None:
+        changes["model"] = {"width": cfg.width}
+    return build(recipe, recipe.preset(cfg.preset, **changes))
 
 
-def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
-    loader, method, acc = trainer.loader, trainer.method, trainer.accelerator
-    timer = Timer(trainer.device)
+def profile(cfg: ProfileConfig, parts: Parts) -> dict:
+    loader = parts.loader
+    timer, clock = Timer(parts.device), StageClock(parts.device)
     steps = len(loader)
     order = epoch_permutation(len(loader.train), loader.seed, 0)
     batch_size = loader.batch_size
-    names = ("read/decode", "views") + (() if cfg.data_only else ("forward+loss", "backward", "optimiser"))
+    names = ("read/decode", "views") + (() if cfg.data_only else STAGES)
     stages: dict[str, list[float]] = {name: [] for name in names}
     meter = Meter()
-
-    def forward(batch: ViewBatch) -> Any:
-        with acc.autocast():
-            return method(batch)
-
-    def optimise(progress: Progress) -> None:
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        method.after_optimizer_step(progress)
-
     for step in range(cfg.steps + 1):
         chosen = order[(step % steps) * batch_size : (step % steps + 1) * batch_size]
-        progress = Progress(0, step % steps, steps, trainer.cfg.optim.epochs)
+        progress = Progress(0, step % steps, steps, parts.cfg.optim.epochs)
         times = {}
         times["read/decode"], images = timer(loader.train.fetch, chosen)
         times["views"], (views, meta) = timer(loader.recipe, images, loader.train.sizes[chosen], loader.generator)
         if not cfg.data_only:
-            index = chosen.to(trainer.device)
+            index = chosen.to(parts.device)
             batch = ViewBatch(views, loader.train.indices[index], loader.train.labels[index], meta)
-            method.before_step(progress)
-            times["forward+loss"], out = timer(forward, batch)
-            times["backward"], _ = timer(acc.backward, out.loss)
-            times["optimiser"], _ = timer(optimise, progress)
+            train_step(parts, batch, progress, meter, stage=clock)
+            times.update(clock.read())
         if step:  # the first step warms up
             for name, value in times.items():
                 stages[name].append(value)
@@ -141,8 +161,8 @@ def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
     whole = []
     for step in range(cfg.steps + 1):
         batch = next(batches)
-        progress = Progress(loader.epoch, loader.step - 1, steps, trainer.cfg.optim.epochs)
-        elapsed, _ = timer(trainer._step, batch, progress, meter)
+        progress = Progress(loader.epoch, loader.step - 1, steps, parts.cfg.optim.epochs)
+        elapsed, _ = timer(train_step, parts, batch, progress, meter)
         if step:
             whole.append(elapsed)
     # The loop's step draws its batch from the loader before the clock starts, so add it.
@@ -150,7 +170,7 @@ def profile(cfg: ProfileConfig, trainer: Trainer) -> dict:
     if cfg.trace is not None:
         with torch.profiler.profile() as prof:
             for _ in range(2):
-                trainer._step(next(batches), Progress(0, 0, steps, 1), meter)
+                train_step(parts, next(batches), Progress(0, 0, steps, 1), meter)
         prof.export_chrome_trace(str(cfg.trace))
     return {"stages_ms": stages_ms, "whole_step_ms": whole_ms, "batch_size": batch_size}
 
@@ -162,29 +182,29 @@ def endless(loader: Loader) -> Iterator[ViewBatch]:
         loader.set_epoch(loader.epoch + 1)
 
 
-def pil_dataloader(trainer: Trainer, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader | None:
+def pil_dataloader(parts: Parts, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader | None:
     """The usual baseline: a torchvision ``DataLoader`` whose ``workers`` processes decode the
-    trainer's training images with PIL and make the same two views image by image, yielding
+    run's training images with PIL and make the same two views image by image, yielding
     (first views, second views); None for formats other than jpeg and tensor."""
-    split = trainer.loader.train
-    if trainer.info.format == "jpeg":
+    split = parts.loader.train
+    if parts.info.format == "jpeg":
         jpeg = cast("JpegSplit", split)  # the jpeg format's split
         packed, offsets = jpeg.bytes.numpy(), jpeg.offsets
         read = lambda i: packed[offsets[i] : offsets[i + 1]].tobytes()  # noqa: E731
-    elif trainer.info.format == "tensor":
+    elif parts.info.format == "tensor":
         pixels = cast("TensorSplit", split).images.permute(0, 2, 3, 1).cpu().numpy()
         read = lambda i: pixels[i]  # noqa: E731
     else:
         return None
-    dataset = PilTwoViews(read, len(split), trainer.loader.recipe.first)
-    return torch.utils.data.DataLoader(dataset, batch_size=trainer.loader.batch_size, shuffle=True,
+    dataset = PilTwoViews(read, len(split), parts.loader.recipe.first)
+    return torch.utils.data.DataLoader(dataset, batch_size=parts.loader.batch_size, shuffle=True,
                                        num_workers=workers, drop_last=True, pin_memory=pin_memory,
                                        persistent_workers=workers > 0)
 
 
-def baseline_images_per_s(cfg: ProfileConfig, trainer: Trainer) -> float | None:
+def baseline_images_per_s(cfg: ProfileConfig, parts: Parts) -> float | None:
     """Images/s of ``pil_dataloader``, or None for other formats."""
-    loader = pil_dataloader(trainer, cfg.workers)
+    loader = pil_dataloader(parts, cfg.workers)
     if loader is None:
         return None
     batches = iter(loader)
@@ -193,14 +213,14 @@ def baseline_images_per_s(cfg: ProfileConfig, trainer: Trainer) -> float | None:
     count = min(cfg.steps, len(loader) - 1)
     for _ in range(count):
         next(batches)
-    rate = count * trainer.loader.batch_size / (time.perf_counter() - start)
+    rate = count * parts.loader.batch_size / (time.perf_counter() - start)
     del batches
     return rate
 
 
-def report(cfg: ProfileConfig, data: Path, trainer: Trainer, result: dict) -> None:
+def report(cfg: ProfileConfig, data: Path, parts: Parts, result: dict) -> None:
     n, whole = result["batch_size"], result["whole_step_ms"] or sum(result["stages_ms"].values())
-    print(f"\n{cfg.recipe} on {data} ({trainer.info.format} backend), batch {n}, median of {cfg.steps} steps\n")
+    print(f"\n{cfg.recipe} on {data} ({parts.info.format} backend), batch {n}, median of {cfg.steps} steps\n")
     print("| stage | ms/step | images/s | share of step |\n|---|---:|---:|---:|")
     for name, ms in result["stages_ms"].items():
         print(f"| {name} | {ms:.1f} | {1000 * n / ms:.0f} | {100 * ms / whole:.1f}% |")
@@ -213,18 +233,17 @@ def main(args: list[str] | None = None) -> None:
     cfg = parse(ProfileConfig, None, args, PROGRAM)
     records, baseline = [], None
     for data in cfg.data:
-        with tempfile.TemporaryDirectory() as out_dir:
-            try:
-                trainer = build(cfg, data, Path(out_dir))
-            except (RunError, DatasetError, ValueError) as error:
-                fail(PROGRAM, error)
-            result = profile(cfg, trainer)
-            result["bottleneck"] = max(result["stages_ms"], key=result["stages_ms"].get)
-            report(cfg, data, trainer, result)
-            if cfg.baseline and baseline is None:
-                baseline = baseline_images_per_s(cfg, trainer)
-            records.append({"data": str(data), "format": trainer.info.format, **result})
-    device = trainer.device
+        try:
+            parts = build_run(cfg, data)
+        except (RunError, DatasetError, ValueError) as error:
+            fail(PROGRAM, error)
+        result = profile(cfg, parts)
+        result["bottleneck"] = max(result["stages_ms"], key=result["stages_ms"].get)
+        report(cfg, data, parts, result)
+        if cfg.baseline and baseline is None:
+            baseline = baseline_images_per_s(cfg, parts)
+        records.append({"data": str(data), "format": parts.info.format, **result})
+    device = parts.device
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\ndata stage (read/decode + two views) per backend, {device_name}\n")
     print("| backend | data | read/decode img/s | views img/s | data stage img/s | whole step img/s |")

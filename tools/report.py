@@ -2,9 +2,9 @@
 
     python tools/report.py [runs/ …] [--out report]
 
-Reads every ``summary.json`` under the given folders (a run folder, or a folder of run
-folders; default ``runs/``), with ``linear.json`` (tools/linear_probe.py) and
-``metrics.jsonl`` where present, and writes into ``--out``:
+Needs the [report] extra (matplotlib). Reads every ``summary.json`` under the given folders
+(a run folder, or a folder of run folders; default ``runs/``), with ``linear.json``
+(tools/linear_probe.py) and ``metrics.jsonl`` where present, and writes into ``--out``:
 
 - ``results.md``: one row per experiment — method, data set, device, epochs, batch, kNN
   last (best), linear last (best), minutes, images/s, peak memory, n. Runs whose
@@ -37,19 +37,25 @@ from typing import Any
 # otherwise shadow the standard library's ``profile`` module (imported by torch).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")  # files only, no display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import tyro  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
 from fastssl.cli import fail, parse  # noqa: E402
+
+PROGRAM = "report.py"
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+except ImportError as missing:
+    fail(PROGRAM, f"needs the [report] extra ({missing.name or missing} is missing): pip install -e '.[report]'")
+
+import tyro  # noqa: E402
+
 from fastssl.export import write_text_atomic  # noqa: E402
 from fastssl.train.checkpoint import write_atomic  # noqa: E402
 
-PROGRAM = "report.py"
 # Settings that do not change what is trained: runs differing only in these (and the seed) pool.
 NOT_THE_EXPERIMENT = ("run.seed", "run.name", "run.out_dir", "resume", "run.progress_bar", "run.tensorboard")
 

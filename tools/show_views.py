@@ -26,7 +26,8 @@ from torchvision.utils import save_image  # noqa: E402
 from fastssl.cli import fail, parse  # noqa: E402
 from pipelines.dataset import DatasetError, read_info  # noqa: E402
 from pipelines.loader import open_split  # noqa: E402
-from pipelines.views import ViewConfig, two_views  # noqa: E402
+from pipelines.spec import ViewConfig  # noqa: E402
+from pipelines.views import two_views  # noqa: E402
 
 PROGRAM = "show_views.py"
 

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from fastssl.eval.knn import extract_features
 from pipelines.dataset import DatasetInfo
 from pipelines.loader import Loader
-from pipelines.views import ViewConfig, ViewRecipe
+from pipelines.spec import ViewConfig
+from pipelines.views import ViewRecipe
 
 
 @dataclass(frozen=True)

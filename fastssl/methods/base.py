@@ -6,25 +6,31 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.config import OptimConfig
+from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import Prototypes
 from fastssl.train.optim import decay_groups
+from fastssl.train.schedule import cosine_ramp
 from pipelines.batch import ViewBatch
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MethodOutput:
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)  # device scalars, read at log time
     features: Tensor | None = None  # detached backbone features of the views (online probe)
     embedding: Tensor | None = None  # detached projections of one view (collapse diagnostics)
+    # Embeddings for the method's memories, pushed after the optimiser step (so both loss
+    # directions of a step saw the memories as they were before it): the name of a
+    # ``FeatureQueue`` submodule → this process's N×d embeddings.
+    enqueue: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -44,11 +50,18 @@ class Progress:
         return self.global_step / (self.epochs * self.steps_per_epoch)
 
 
-class Encoded(NamedTuple):
+@dataclass(frozen=True, kw_only=True)
+class Encoded:
     features: Tensor  # pooled backbone features, N×D
     projection: Tensor  # the projection head's output
     prediction: Tensor | None = None  # the predictor's output (BYOL, SimSiam, …), if any
     feature_map: Tensor | None = None  # a feature map N×D×h×w, when asked (VICRegL: its cells' local embeddings)
+
+    @property
+    def predicted(self) -> Tensor:
+        """The predictor's output, for an encoder that has one."""
+        assert self.prediction is not None, "this encoder has no predictor"
+        return self.prediction
 
 
 class Encoder(nn.Module):
@@ -72,7 +85,7 @@ class Encoder(nn.Module):
             features = self.backbone(images)
         projection = self.projector(features)
         prediction = None if self.predictor is None else self.predictor(projection)
-        return Encoded(features, projection, prediction, feature_map)
+        return Encoded(features=features, projection=projection, prediction=prediction, feature_map=feature_map)
 
 
 class PrototypeEncoder(Encoder):
@@ -86,9 +99,10 @@ class PrototypeEncoder(Encoder):
         self.prototypes = prototypes
 
     def forward(self, images: Tensor, with_map: bool = False) -> Encoded:
-        features, projection, _, feature_map = super().forward(images, with_map)
-        z = F.normalize(projection, dim=1)
-        return Encoded(features, z, self.prototypes(z), feature_map)
+        encoded = super().forward(images, with_map)
+        z = F.normalize(encoded.projection, dim=1)
+        return Encoded(features=encoded.features, projection=z, prediction=self.prototypes(z),
+                       feature_map=encoded.feature_map)
 
 
 class EMATeacher(nn.Module):
@@ -116,6 +130,12 @@ class EMATeacher(nn.Module):
 
     def set_momentum(self, momentum: float) -> None:
         self.momentum.fill_(momentum)  # an asynchronous device write, no synchronisation
+
+    def follow(self, student: nn.Module, start: float, final: float, progress: Progress) -> None:
+        """One EMA update with the momentum of ``progress`` on a half cosine from ``start``
+        to ``final`` (BYOL §3.3: τ = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2)."""
+        self.set_momentum(cosine_ramp(start, final, progress.fraction))
+        self.update(student)
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
@@ -153,11 +173,16 @@ class Method(nn.Module):
     teacher, and the hooks. Subclasses implement ``forward`` and the hooks they need."""
 
     student: Encoder
-    teacher: EMATeacher | None  # every method sets it, None when it has no teacher
     # Whether gradients may be accumulated over micro-batches: only for a loss that is a sum
     # of per-image terms with no batch statistics. In-batch negatives, BN in the heads and
     # queues all make a micro-batch train a different method, so no current method allows it.
     accumulation_safe: ClassVar[bool] = False
+
+    @property
+    def teacher(self) -> EMATeacher | None:
+        """The EMA teacher, for the methods that make one (``self.teacher = EMATeacher(…)``
+        registers it as a submodule); None for the others."""
+        return cast("EMATeacher | None", self._modules.get("teacher"))
 
     def bind_student(self, wrapped: nn.Module) -> None:
         """Call the student through ``wrapped`` (a DDP wrapper), keeping state-dict keys."""
@@ -177,7 +202,23 @@ class Method(nn.Module):
         """Gradient edits (freezes by zeroing) before the optimiser step."""
 
     def after_optimizer_step(self, progress: Progress) -> None:
-        """EMA and queue updates that follow the optimiser step."""
+        """EMA updates and schedules that follow the optimiser step."""
+
+    def push_memories(self, output: MethodOutput) -> None:
+        """Push ``output.enqueue`` into the memories it names, every process's embeddings
+        (the loop calls it after the optimiser step, before ``after_optimizer_step``)."""
+        for name, embeddings in output.enqueue.items():
+            cast(FeatureQueue, self.get_submodule(name)).push(embeddings)
+
+    def encode_multi_crop(self, batch: ViewBatch) -> tuple[Encoded, Tensor]:
+        """A ``PrototypeEncoder`` student on the global views and, when the batch has them,
+        the local crops (one backbone call per resolution): the global views' encoding, and
+        every view's prototype scores as V×N×K, the two global views first."""
+        global_views = self.encode(batch.views["global"])
+        scores = [global_views.predicted]
+        if "local" in batch.views:
+            scores.append(self.encode(batch.views["local"]).predicted)
+        return global_views, torch.cat(scores).view(-1, batch.batch_size, scores[0].shape[-1])
 
     def param_groups(self, cfg: OptimConfig) -> list[dict]:
         """Optimiser groups of the student: by default one group decayed as ``cfg`` says

@@ -16,8 +16,7 @@ The last layer is frozen during the first epoch, which the paper found to stabil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +27,9 @@ from fastssl.losses.dino import dino_loss
 from fastssl.methods.base import EMATeacher, Method, MethodOutput, Progress, PrototypeEncoder
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import Prototypes, mlp
-from fastssl.train.schedule import cosine_ramp, linear_ramp
+from fastssl.recipes import preset, register
+from fastssl.recipes.defaults import SOLO_ASYMMETRIC_PAIR, SOLO_LARS, multi_crop
+from fastssl.train.schedule import linear_ramp
 from pipelines.batch import ViewBatch
 
 
@@ -38,17 +39,17 @@ class DINOConfig:
     # τ_t rises linearly, per epoch, from the first value to the second over the warm-up epochs
     # (paper's schedule with solo-learn's CIFAR values; solo-learn warms up over 50 of its
     # 1000 epochs, scaled to fastssl's 200; the paper 30 of 100–300 ImageNet epochs).
-    teacher_temperature_start: float = 0.04
-    teacher_temperature: float = 0.07
-    teacher_temperature_warmup_epochs: int = 10
+    teacher_temperature_start: float = 0.04  # τ_t at the start of its warm-up
+    teacher_temperature: float = 0.07  # τ_t after the warm-up
+    teacher_temperature_warmup_epochs: int = 10  # epochs of the linear τ_t warm-up
     momentum: float = 0.9995  # teacher EMA λ at the start, cosine to momentum_final (solo-learn CIFAR)
     momentum_final: float = 1.0  # (paper; solo-learn)
     center_momentum: float = 0.9  # m of the centre C (paper; solo-learn)
     # Head 512→2048→2048→256 with GELU, no BN, then a weight-normalised 256→K layer
     # (paper; solo-learn CIFAR with K 4096, the paper's ImageNet K is 65536).
-    proj_hidden: int = 2048
-    proj_dim: int = 256
-    prototypes: int = 4096
+    proj_hidden: int = 2048  # projector hidden width
+    proj_dim: int = 256  # projection (embedding) dimension
+    prototypes: int = 4096  # K, the number of prototypes (outputs of the last layer)
     freeze_last_layer_epochs: int = 1  # (paper; solo-learn)
 
 
@@ -71,7 +72,6 @@ class DINO(Method):
         self.register_buffer("center", torch.zeros(cfg.prototypes))
         self.register_buffer("teacher_temperature", torch.tensor(cfg.teacher_temperature_start))
         self.epoch = 0  # of the current step, from the host's Progress: no device read decides a switch
-        self._teacher_outputs: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
         self.epoch = progress.epoch
@@ -82,23 +82,25 @@ class DINO(Method):
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         n, k = batch.batch_size, self.cfg.prototypes
-        images = batch.views["global"]
-        global_views = self.encode(images)  # one backbone call per resolution
-        outputs = [global_views.prediction]
-        local = batch.views.get("local")
-        if local is not None:
-            outputs.append(self.encode(local).prediction)
-        # V×N×K, the two global views first; a PrototypeEncoder's prediction is its scores, never None
-        student = torch.cat(cast(list[Tensor], outputs)).view(-1, n, k)
-        teacher = self.teacher(images).prediction
+        global_views, student = self.encode_multi_crop(batch)  # V×N×K, the two global views first
+        teacher = self.teacher(batch.views["global"]).predicted
         loss = dino_loss(
             student, teacher.view(2, n, k), self.center, self.cfg.student_temperature, self.teacher_temperature
         )
-        self._teacher_outputs = teacher
+        self.update_center(teacher)
         # copies: the buffers change before the metrics are read
         metrics = {"teacher_temperature": self.teacher_temperature.clone(),
                    "ema_momentum": self.teacher.momentum.clone()}
-        return MethodOutput(loss, metrics, global_views.features.detach(), global_views.projection[:n].detach())
+        return MethodOutput(loss=loss, metrics=metrics, features=global_views.features.detach(),
+                            embedding=global_views.projection[:n].detach())
+
+    @torch.no_grad()
+    def update_center(self, teacher_outputs: Tensor) -> None:
+        """C ← m·C + (1 − m)·mean of the teacher's outputs over the global batch, once the loss
+        has used C (the official DINOLoss updates it at the end of its forward). Processes
+        hold equal shares of the batch: the mean of their means is the batch mean."""
+        batch_mean = gather(teacher_outputs.float().mean(0, keepdim=True)).mean(0)
+        self.center.lerp_(batch_mean, 1.0 - self.cfg.center_momentum)
 
     def after_backward(self) -> None:
         """No update of the last layer in the first epoch(s): its gradients are dropped, so the
@@ -106,16 +108,9 @@ class DINO(Method):
         if self.epoch < self.cfg.freeze_last_layer_epochs:
             self.student.prototypes.weight.grad = None
 
-    @torch.no_grad()
     def after_optimizer_step(self, progress: Progress) -> None:
-        """Algorithm 1 after the student's update: the teacher's EMA, then the centre."""
-        self.teacher.set_momentum(cosine_ramp(self.cfg.momentum, self.cfg.momentum_final, progress.fraction))
-        self.teacher.update(self.student)
-        # Processes hold equal shares of the batch: the mean of their means is the batch mean.
-        assert self._teacher_outputs is not None  # set by this step's forward
-        batch_mean = gather(self._teacher_outputs.float().mean(0, keepdim=True)).mean(0)
-        self.center.lerp_(batch_mean, 1.0 - self.cfg.center_momentum)
-        self._teacher_outputs = None
+        """Algorithm 1 after the student's update: the teacher's EMA."""
+        self.teacher.follow(self.student, self.cfg.momentum, self.cfg.momentum_final, progress)
 
     def param_groups(self, cfg: OptimConfig) -> list[dict]:
         """With AdamW (the paper's ViT optimiser), biases and norm parameters are not decayed
@@ -127,3 +122,23 @@ class DINO(Method):
             {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
         ]
+
+
+# ResNet-18: solo-learn's CIFAR dino.yaml — its asymmetric views, LARS at lr 0.3 × batch/256
+# with wd 1e-6 and its default 10 warm-up epochs — for fastssl's 200 epochs (solo-learn: 1000).
+# The paper blurs view 1 always and view 2 with p 0.1, at 224 px. Multi-crop: solo-learn's
+# CIFAR DINO has no local crops; ``--local-crops 6`` gives the paper's at CIFAR scale (the
+# official ResNet-50 setting: local 0.05–0.14, global then 0.14–1, ``--views.crop-scale 0.14
+# 1 --second-views.crop-scale 0.14 1``). ``cifar10-vit``, ``cifar100-vit``: ViT-Tiny with 4
+# px patches (8×8 tokens at 32 px), the paper's AdamW at lr 5e-4 × batch/256, β (0.9, 0.999),
+# wd 0.04 on weights only (the paper's rises to 0.4 along a cosine: fastssl keeps it
+# constant), 10 warm-up epochs, local crops of scale 0.05–0.4 (the official ViT default).
+register(
+    "dino", DINO, DINOConfig, summary="DINO, ResNet or ViT-Tiny, multi-crop option · solo-learn / the paper (ViT)",
+    views=multi_crop(*SOLO_ASYMMETRIC_PAIR),
+    optim=replace(SOLO_LARS, weight_decay=1e-6),
+    presets={f"{name}-vit": preset(
+        name, model={"arch": "vit_tiny", "patch_size": 4}, local_views={"crop_scale": (0.05, 0.4)},
+        optim={"optimizer": "adamw", "lr_per_256": 5e-4, "weight_decay": 0.04, "warmup_epochs": 10},
+    ) for name in ("cifar10", "cifar100")},
+)

@@ -17,7 +17,7 @@ cosine (the authors' ``--moco-m-cos``), applied before each forward pass as in t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -27,7 +27,8 @@ from fastssl.losses.infonce import Backend, batch_info_nce
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
-from fastssl.train.schedule import cosine_ramp
+from fastssl.recipes import preset, register
+from fastssl.recipes.defaults import BYOL_PAPER_PAIR, DATA_SETS, SOLO_LARS
 from pipelines.batch import ViewBatch
 
 
@@ -39,13 +40,14 @@ class MoCoV3Config:
     # Heads as the authors' _build_mlp (no biases, BN and ReLU on hidden layers): projector
     # backbone→4096→256 ending in BN without affine, predictor 256→4096→256. ResNet: a
     # 2-layer projector and a predictor without output BN; ViT: 3 layers and output BN.
-    proj_layers: int = 2
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    pred_hidden: int = 4096
-    pred_last_bn: bool = False
+    proj_layers: int = 2  # projector layers (ResNet 2, ViT 3)
+    proj_hidden: int = 4096  # projector hidden width
+    proj_dim: int = 256  # projection (embedding) dimension
+    pred_hidden: int = 4096  # predictor hidden width
+    pred_last_bn: bool = False  # BN without affine after the predictor (ViT)
     # InfoNCE log-sum-exp: auto (fused Triton kernel on CUDA, else plain) | plain | chunked | fused
     loss_backend: Backend = "auto"
+    """InfoNCE log-sum-exp: auto (fused Triton kernel on CUDA, else plain) | plain | chunked | fused."""
 
 
 def _heads(cfg: MoCoV3Config, feature_dim: int) -> tuple[torch.nn.Sequential, torch.nn.Sequential]:
@@ -70,8 +72,7 @@ class MoCoV3(Method):
         self.teacher = EMATeacher(self.student, cfg.momentum, without=("predictor",))
 
     def before_step(self, progress: Progress) -> None:
-        self.teacher.set_momentum(cosine_ramp(self.cfg.momentum, self.cfg.momentum_final, progress.fraction))
-        self.teacher.update(self.student)
+        self.teacher.follow(self.student, self.cfg.momentum, self.cfg.momentum_final, progress)
 
     def contrastive(self, queries: Tensor, keys: Tensor) -> Tensor:
         """2τ·InfoNCE of this process's ``queries`` against every process's ``keys``."""
@@ -81,10 +82,31 @@ class MoCoV3(Method):
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]
-        features, projections, queries, _ = self.encode(images)
-        assert queries is not None  # the encoder's predictor gives the queries
-        q1, q2 = queries.chunk(2)
+        student = self.encode(images)
+        q1, q2 = student.predicted.chunk(2)  # the predictor gives the queries
         k1, k2 = self.teacher(images).projection.chunk(2)
         loss = self.contrastive(q1, k2) + self.contrastive(q2, k1)
         metrics = {"ema_momentum": self.teacher.momentum.clone()}  # a copy: the buffer changes next step
-        return MethodOutput(loss, metrics, features.detach(), projections.chunk(2)[0].detach())
+        return MethodOutput(loss=loss, metrics=metrics, features=student.features.detach(),
+                            embedding=student.projection.chunk(2)[0].detach())
+
+
+# ResNet-18: solo-learn's CIFAR mocov3.yaml — its LARS at lr 0.3 × batch/256 and wd 1e-6
+# (the paper's ResNet-50: LARS 0.3–0.6, wd 1e-6, 10 warm-up epochs) — with the paper's views
+# ("following BYOL's augmentation recipe", crop scale 0.2–1 as its ResNet runs' --crop-min):
+# the BYOL pair (BYOL_PAPER_PAIR, as the BYOL recipe). Sources disagree: the paper's jitter has saturation 0.2;
+# solo-learn's CIFAR asymmetric.yaml blurs neither view and crops 0.08–1. solo-learn trains
+# 1000 epochs. ``<data set>-vit``: the paper's CONFIG.md for ViT-S scaled to ViT-Tiny (patch 4
+# at 32 px): AdamW lr 1.5e-4 × batch/256, wd 0.1, 40 warm-up epochs, crops of scale 0.08–1
+# (its ViT runs keep the default --crop-min), a 3-layer projector and a predictor ending in
+# BN (MoCo_ViT). Not reproduced: the paper's frozen random patch projection (--stop-grad-conv1).
+register(
+    "mocov3", MoCoV3, MoCoV3Config,
+    summary="MoCo v3, ResNet or ViT (--preset cifar10-vit) · solo-learn / the paper (ViT)",
+    views=BYOL_PAPER_PAIR, optim=replace(SOLO_LARS, weight_decay=1e-6),
+    presets={f"{name}-vit": preset(
+        name, every_view={"crop_scale": (0.08, 1.0)}, model={"arch": "vit_tiny"},
+        optim={"optimizer": "adamw", "lr_per_256": 1.5e-4, "weight_decay": 0.1, "warmup_epochs": 40},
+        method={"proj_layers": 3, "pred_last_bn": True},
+    ) for name in DATA_SETS},
+)

@@ -22,7 +22,9 @@ from fastssl.losses.neighbours import msf_loss, nearest_neighbours
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
-from fastssl.models.heads import mlp
+from fastssl.models.heads import byol_heads
+from fastssl.recipes import register
+from fastssl.recipes.defaults import MINI_SSL_STRONG_WEAK, mini_ssl_tiny_imagenet
 from pipelines.batch import ViewBatch
 
 
@@ -32,9 +34,9 @@ class MSFConfig:
     momentum: float = 0.99  # target EMA m, constant (Mini-SSL CIFAR; Tiny-ImageNet 0.996)
     memory_size: int = 4096  # past target embeddings searched (Mini-SSL CIFAR; Tiny-ImageNet 16384)
     # BYOL heads (Mini-SSL MSF.py): projector 512→2048 (BN, ReLU)→128, predictor 128→2048 (BN, ReLU)→128
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    pred_hidden: int = 2048
+    proj_hidden: int = 2048  # projector hidden width
+    proj_dim: int = 128  # projection (embedding) dimension
+    pred_hidden: int = 2048  # predictor hidden width
     symmetric: bool = True  # both views go through the online network, loss averaged (Mini-SSL --symmetric)
     shuffle_bn: bool = True  # shuffle the target batch across BN groups (Mini-SSL batch_shuffle)
 
@@ -45,12 +47,10 @@ class MSF(Method):
     def __init__(self, cfg: MSFConfig, backbone: Backbone) -> None:
         super().__init__()
         self.cfg = cfg
-        projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim], hidden_bn=True)
-        predictor = mlp([cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim], hidden_bn=True)
-        self.student = Encoder(backbone, projector, predictor)
+        heads = byol_heads(backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim, cfg.pred_hidden)
+        self.student = Encoder(backbone, *heads)
         self.teacher = EMATeacher(self.student, cfg.momentum, without=("predictor",))
         self.memory = FeatureQueue(cfg.memory_size, cfg.proj_dim)
-        self._new_targets: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
         self.teacher.update(self.student)
@@ -62,19 +62,25 @@ class MSF(Method):
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]  # strong first views, then weak second views
-        features, projections, predictions, _ = self.encode(images)
-        assert predictions is not None  # the encoder has a predictor
-        p1, p2 = predictions.chunk(2)
+        student = self.encode(images)
+        p1, p2 = student.predicted.chunk(2)
         t1, t2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)
         memory = self.memory.features  # as it was before this step, for both directions
         loss = self.shift(p1, t2, memory)
         if self.cfg.symmetric:
             loss = 0.5 * (loss + self.shift(p2, t1, memory))
-        self._new_targets = t2
-        return MethodOutput(loss, {}, features.detach(), projections.chunk(2)[0].detach())
+        # The memory takes this step's target embeddings of the weak view, after the step.
+        return MethodOutput(loss=loss, features=student.features.detach(),
+                            embedding=student.projection.chunk(2)[0].detach(), enqueue={"memory": t2})
 
-    def after_optimizer_step(self, progress: Progress) -> None:
-        """Push this step's target embeddings of the weak view, from every process."""
-        assert self._new_targets is not None  # set by this step's forward
-        self.memory.push(self._new_targets)
-        self._new_targets = None
+
+# Mini-SSL's recipe (main_pretrain_evaluation.sh with --weak, MSF.py). Sources disagree: the
+# official code (ImageNet) enqueues the target before the search, so its top-5 counts the
+# target (4 neighbours, Mini-SSL's 5 + 1), is one-directional, and uses a 1,024,000 memory
+# with weak/weak views; the Mini-SSL README's later fix puts the second direction before the
+# memory update, which fastssl does for both (memory pushed after the optimiser step).
+# Mini-SSL's stored MSF.py still enqueues between the two directions.
+register(
+    "msf", MSF, MSFConfig, summary="Mean Shift, weak target view · Mini-SSL",
+    views=MINI_SSL_STRONG_WEAK, presets=mini_ssl_tiny_imagenet(MSFConfig),
+)

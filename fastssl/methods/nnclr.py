@@ -19,10 +19,12 @@ from torch import Tensor
 
 from fastssl.distributed import gather, gather_with_grad, rank
 from fastssl.losses.neighbours import nearest_neighbours, nnclr_loss
-from fastssl.methods.base import Encoder, Method, MethodOutput, Progress
+from fastssl.methods.base import Encoder, Method, MethodOutput
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
+from fastssl.recipes import register
+from fastssl.recipes.defaults import mini_ssl_tiny_imagenet
 from pipelines.batch import ViewBatch
 
 
@@ -33,9 +35,9 @@ class NNCLRConfig:
     memory_size: int = 4096  # support set Q (Mini-SSL CIFAR; Tiny-ImageNet 16384; the paper 98,304)
     # Projector 512→2048→2048→128, BN after every layer, no biases; predictor 128→2048 (BN,
     # ReLU)→128 (Mini-SSL NNCLR.py: lightly's heads at 2048 hidden, 128 out)
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    pred_hidden: int = 2048
+    proj_hidden: int = 2048  # projector hidden width
+    proj_dim: int = 128  # projection (embedding) dimension
+    pred_hidden: int = 2048  # predictor hidden width
     symmetric: bool = True  # both views' predictions, loss averaged (Mini-SSL --symmetric)
 
 
@@ -47,9 +49,7 @@ class NNCLR(Method):
         projector = mlp(dims, hidden_bn=True, last_bn=True, bias=False)
         predictor = mlp([cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim], hidden_bn=True)
         self.student = Encoder(backbone, projector, predictor)
-        self.teacher = None
         self.support = FeatureQueue(cfg.memory_size, cfg.proj_dim)
-        self._new_projections: Tensor | None = None
 
     def contrast(self, prediction: Tensor, projection: Tensor, support: Tensor) -> Tensor:
         """One direction: ``prediction`` of one view against the neighbours of the other
@@ -61,19 +61,24 @@ class NNCLR(Method):
         )
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
-        features, projections, predictions, _ = self.encode(batch.views["global"])
-        z1, z2 = projections.chunk(2)
-        assert predictions is not None  # the encoder has a predictor
-        p1, p2 = predictions.chunk(2)
+        student = self.encode(batch.views["global"])
+        z1, z2 = student.projection.chunk(2)
+        p1, p2 = student.predicted.chunk(2)
         support = self.support.features  # as it was before this step, for both directions
         loss = self.contrast(p1, z2, support)
         if self.cfg.symmetric:
             loss = 0.5 * (loss + self.contrast(p2, z1, support))
-        self._new_projections = z2.detach()
-        return MethodOutput(loss, {}, features.detach(), z1.detach())
+        # The support set takes this step's projections of the second view, after the step.
+        return MethodOutput(loss=loss, features=student.features.detach(), embedding=z1.detach(),
+                            enqueue={"support": z2.detach()})
 
-    def after_optimizer_step(self, progress: Progress) -> None:
-        """Push this step's projections of the second view, from every process."""
-        assert self._new_projections is not None  # set by this step's forward
-        self.support.push(self._new_projections)
-        self._new_projections = None
+
+# Mini-SSL's recipe (main_pretrain_evaluation.sh, NNCLR.py). Sources disagree: the paper
+# (ImageNet) uses τ 0.1, a support set of 98,304, d 256 and a 4096-wide predictor;
+# solo-learn's CIFAR config τ 0.2, a 65,536 queue, d 256, LARS 0.4 for 1000 epochs; Mini-SSL's
+# CIFAR settings are kept. Top-5 neighbours (--method.top-k 5) are Mini-SSL's runs *_5a; its
+# top-k loss sums the k positives of each prediction (not averaged), as fastssl does.
+register(
+    "nnclr", NNCLR, NNCLRConfig, summary="NNCLR (top-1; top-k option) · Mini-SSL",
+    presets=mini_ssl_tiny_imagenet(NNCLRConfig),
+)

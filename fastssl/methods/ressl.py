@@ -22,6 +22,8 @@ from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Prog
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
+from fastssl.recipes import register
+from fastssl.recipes.defaults import MINI_SSL_STRONG_WEAK, mini_ssl_tiny_imagenet
 from pipelines.batch import ViewBatch
 
 
@@ -32,7 +34,7 @@ class ReSSLConfig:
     momentum: float = 0.99  # teacher EMA m, constant (Mini-SSL CIFAR; Tiny-ImageNet 0.996)
     memory_size: int = 4096  # past teacher embeddings (Mini-SSL CIFAR; Tiny-ImageNet 16384)
     proj_hidden: int = 2048  # projector 512→2048→128, no BN (Mini-SSL's MoCoProjectionHead)
-    proj_dim: int = 128
+    proj_dim: int = 128  # projection (embedding) dimension
     symmetric: bool = False  # also the weak view through the student, directions averaged (Mini-SSL: off)
     shuffle_bn: bool = True  # shuffle the teacher batch across BN groups (Mini-SSL batch_shuffle)
 
@@ -48,7 +50,6 @@ class ReSSL(Method):
         self.student = Encoder(backbone, projector)
         self.teacher = EMATeacher(self.student, cfg.momentum)
         self.memory = FeatureQueue(cfg.memory_size, cfg.proj_dim)
-        self._new_keys: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
         self.teacher.update(self.student)
@@ -64,20 +65,26 @@ class ReSSL(Method):
         images = batch.views["global"]  # strong first views, then weak second views
         memory = self.memory.features  # as it was before this step, for both directions
         if self.cfg.symmetric:
-            features, queries, _, _ = self.encode(images)
-            q_strong, q_weak = queries.chunk(2)
+            student = self.encode(images)
+            q_strong, q_weak = student.projection.chunk(2)
             k_strong, k_weak = self.keys(images, 2).chunk(2)
             loss = 0.5 * (self.objective(q_strong, k_weak, memory) + self.objective(q_weak, k_strong, memory))
         else:  # the student needs only the strong view, the teacher only the weak one
             strong, weak = images.chunk(2)
-            features, q_strong, _, _ = self.encode(strong)
+            student = self.encode(strong)
+            q_strong = student.projection
             k_weak = self.keys(weak, 1)
             loss = self.objective(q_strong, k_weak, memory)
-        self._new_keys = k_weak
-        return MethodOutput(loss, {}, features.detach(), q_strong.detach())
+        # The memory takes this step's teacher embeddings of the weak view, after the step.
+        return MethodOutput(loss=loss, features=student.features.detach(), embedding=q_strong.detach(),
+                            enqueue={"memory": k_weak})
 
-    def after_optimizer_step(self, progress: Progress) -> None:
-        """Push this step's teacher embeddings of the weak view, from every process."""
-        assert self._new_keys is not None  # set by this step's forward
-        self.memory.push(self._new_keys)
-        self._new_keys = None
+
+# Mini-SSL's recipe (main_pretrain_evaluation.sh with --weak and no --symmetric; ReSSL.py).
+# Sources disagree: solo-learn's CIFAR config uses a 4096-wide 256-d projector, a 65,536
+# memory, EMA 0.99 → 1 (cosine), SGD 0.05 wd 1e-4 for 1000 epochs, crops of scale (0.08, 1)
+# and a weak flip of p 0.5; the official ReSSL code (ImageNet) a flip of p 0.5.
+register(
+    "ressl", ReSSL, ReSSLConfig, summary="ReSSL, weak teacher view · Mini-SSL",
+    views=MINI_SSL_STRONG_WEAK, presets=mini_ssl_tiny_imagenet(ReSSLConfig),
+)

@@ -20,6 +20,7 @@ from fastssl.losses.infonce import Backend, batch_info_nce, nt_xent
 from fastssl.methods.base import Encoder, Method, MethodOutput
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
+from fastssl.recipes import register
 from pipelines.batch import ViewBatch
 
 
@@ -27,10 +28,12 @@ from pipelines.batch import ViewBatch
 class SimCLRConfig:
     temperature: float = 0.2  # τ (Mini-SSL script; the paper's NT-Xent: 0.5)
     loss: Literal["cross_view", "nt_xent"] = "cross_view"
+    """Cross_view: Mini-SSL's N×N cross-view InfoNCE; nt_xent: the paper's 2N−2 negatives."""
     proj_hidden: int = 2048  # 512→2048 (BN, ReLU)→128 (BN), no biases (Mini-SSL SimCLR.py)
-    proj_dim: int = 128
+    proj_dim: int = 128  # projection (embedding) dimension
     # InfoNCE log-sum-exp: auto (fused Triton kernel on CUDA, else plain) | plain | chunked | fused
     loss_backend: Backend = "auto"
+    """InfoNCE log-sum-exp: auto (fused Triton kernel on CUDA, else plain) | plain | chunked | fused."""
 
 
 class SimCLR(Method):
@@ -39,10 +42,10 @@ class SimCLR(Method):
         self.cfg = cfg
         dims = [backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim]
         self.student = Encoder(backbone, mlp(dims, hidden_bn=True, last_bn=True, bias=False))
-        self.teacher = None
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
-        features, projections, _, _ = self.encode(batch.views["global"])
+        student = self.encode(batch.views["global"])
+        projections = student.projection
         z1, z2 = projections.chunk(2)
         n, tau, backend = len(z1), self.cfg.temperature, self.cfg.loss_backend
         if self.cfg.loss == "cross_view":
@@ -57,4 +60,8 @@ class SimCLR(Method):
             local = torch.arange(2 * n, device=projections.device) + 2 * n * rank()
             partner = torch.cat([local[n:], local[:n]])
             loss = nt_xent(projections, candidates, local, partner, tau, backend)
-        return MethodOutput(loss, {}, features.detach(), z1.detach())
+        return MethodOutput(loss=loss, features=student.features.detach(), embedding=z1.detach())
+
+
+# Mini-SSL's SimCLR run: the project's defaults, the same as the MoCo v2 recipe's.
+register("simclr", SimCLR, SimCLRConfig, summary="SimCLR, cross-view InfoNCE (NT-Xent as an option) · Mini-SSL")

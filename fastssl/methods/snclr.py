@@ -25,6 +25,8 @@ from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Prog
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
+from fastssl.recipes import register
+from fastssl.recipes.defaults import mini_ssl_tiny_imagenet
 from pipelines.batch import ViewBatch
 
 
@@ -35,9 +37,9 @@ class SNCLRConfig:
     momentum: float = 0.99  # target EMA m, constant (Mini-SSL CIFAR; Tiny-ImageNet 0.996)
     memory_size: int = 4096  # past target embeddings (Mini-SSL CIFAR; Tiny-ImageNet 16384)
     # Heads of Mini-SSL's SNCLR.py (see ``head``): projector 512→2048→2048→128, predictor 128→2048→128
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    pred_hidden: int = 2048
+    proj_hidden: int = 2048  # projector hidden width
+    proj_dim: int = 128  # projection (embedding) dimension
+    pred_hidden: int = 2048  # predictor hidden width
     symmetric: bool = True  # both views go through the online network, loss averaged (Mini-SSL --symmetric)
     shuffle_bn: bool = True  # shuffle the target batch across BN groups (Mini-SSL batch_shuffle)
 
@@ -59,7 +61,6 @@ class SNCLR(Method):
         self.student = Encoder(backbone, projector, predictor)
         self.teacher = EMATeacher(self.student, cfg.momentum, without=("predictor",))
         self.memory = FeatureQueue(cfg.memory_size, cfg.proj_dim)
-        self._new_targets: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
         self.teacher.update(self.student)
@@ -73,20 +74,23 @@ class SNCLR(Method):
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]
-        features, projections, predictions, _ = self.encode(images)
-        z1, z2 = projections.chunk(2)
-        assert predictions is not None  # the encoder has a predictor
-        p1, p2 = predictions.chunk(2)
+        student = self.encode(images)
+        z1, z2 = student.projection.chunk(2)
+        p1, p2 = student.predicted.chunk(2)
         t1, t2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)
         memory = self.memory.features  # as it was before this step, for both directions
         loss = self.contrast(p1, z1, t2, memory)
         if self.cfg.symmetric:
             loss = 0.5 * (loss + self.contrast(p2, z2, t1, memory))
-        self._new_targets = t2
-        return MethodOutput(loss, {}, features.detach(), z1.detach())
+        # The memory takes this step's target embeddings of the second view, after the step.
+        return MethodOutput(loss=loss, features=student.features.detach(), embedding=z1.detach(),
+                            enqueue={"memory": t2})
 
-    def after_optimizer_step(self, progress: Progress) -> None:
-        """Push this step's target embeddings of the second view, from every process."""
-        assert self._new_targets is not None  # set by this step's forward
-        self.memory.push(self._new_targets)
-        self._new_targets = None
+
+# Mini-SSL's recipe (main_pretrain_evaluation.sh, SNCLR.py; both views its strong
+# augmentation: its SNCLR-specific aug1/aug2 are defined but unused by main_pretrain.py).
+# Sources disagree: the official code (ViT-S, ImageNet) uses a 128,000 memory, top-30, an
+# EMA on a cosine schedule, AdamW, and sums the two directions scaled by 2τ; Mini-SSL
+# averages them unscaled, as fastssl does.
+register("snclr", SNCLR, SNCLRConfig, summary="SNCLR, soft neighbours · Mini-SSL",
+         presets=mini_ssl_tiny_imagenet(SNCLRConfig))

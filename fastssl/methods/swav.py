@@ -17,7 +17,7 @@ scored with the current prototypes, their codes discarded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import torch
@@ -29,6 +29,8 @@ from fastssl.methods.base import Method, MethodOutput, Progress, PrototypeEncode
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import Prototypes, mlp
+from fastssl.recipes import register
+from fastssl.recipes.defaults import SOLO_LARS, SOLO_SYMMETRIC_VIEW, multi_crop
 from pipelines.batch import ViewBatch
 
 
@@ -39,12 +41,12 @@ class SwAVConfig:
     sinkhorn_iterations: int = 3  # (paper; solo-learn)
     prototypes: int = 3000  # K (paper; solo-learn CIFAR)
     proj_hidden: int = 2048  # projection 512→2048 (BN, ReLU)→128 (paper; solo-learn CIFAR)
-    proj_dim: int = 128
+    proj_dim: int = 128  # projection (embedding) dimension
     # Past projections per global view added to the assignments (solo-learn CIFAR: 3840;
     # 0 turns the queue off), from this epoch on (solo-learn: 50 of its 1000 epochs, scaled
     # to fastssl's 200). Filled from the start, so it is full when first used.
-    queue_size: int = 3840
-    queue_start_epoch: int = 10
+    queue_size: int = 3840  # past projections per global view in the assignments (0: no queue)
+    queue_start_epoch: int = 10  # first epoch whose assignments use the queue
     freeze_prototypes_epochs: int = 2  # no prototype updates before (solo-learn CIFAR; paper: 1 epoch)
 
 
@@ -56,12 +58,10 @@ class SwAV(Method):
         self.cfg = cfg
         projector = mlp([backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim], hidden_bn=True)
         self.student = PrototypeEncoder(backbone, projector, Prototypes(cfg.proj_dim, cfg.prototypes))
-        self.teacher = None
         # One queue per global view: view v's codes are computed among its own past projections.
         views_queued = 2 if cfg.queue_size > 0 else 0
         self.queues = nn.ModuleList(FeatureQueue(cfg.queue_size, cfg.proj_dim) for _ in range(views_queued))
         self.epoch = 0  # of the current step, from the host's Progress: no device read decides a switch
-        self._new_projections: Tensor | None = None
 
     def before_step(self, progress: Progress) -> None:
         self.epoch = progress.epoch
@@ -82,18 +82,14 @@ class SwAV(Method):
         return torch.stack(codes)
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
-        n, k = batch.batch_size, self.cfg.prototypes
-        global_views = self.encode(batch.views["global"])  # one backbone call per resolution
-        scores = [global_views.prediction]
-        local = batch.views.get("local")
-        if local is not None:
-            scores.append(self.encode(local).prediction)
-        # V×N×K, the two global views first; a PrototypeEncoder's prediction is its scores, never None
-        all_scores = torch.cat(cast(list[Tensor], scores)).view(-1, n, k)
-        codes = self.assign(all_scores[:2].detach())
-        loss = swapped_prediction(all_scores, codes, self.cfg.temperature)
-        self._new_projections = global_views.projection.detach()
-        return MethodOutput(loss, {}, global_views.features.detach(), global_views.projection[:n].detach())
+        global_views, scores = self.encode_multi_crop(batch)  # V×N×K, the two global views first
+        codes = self.assign(scores[:2].detach())
+        loss = swapped_prediction(scores, codes, self.cfg.temperature)
+        # Each global view's queue takes this step's projections of that view, after the step.
+        projections = global_views.projection.detach()
+        enqueue = {f"queues.{view}": p for view, p in enumerate(projections.chunk(2))} if len(self.queues) else {}
+        return MethodOutput(loss=loss, features=global_views.features.detach(),
+                            embedding=projections[: batch.batch_size], enqueue=enqueue)
 
     def after_backward(self) -> None:
         """Drop the prototypes' gradients in the first epochs (the optimiser then skips them:
@@ -101,10 +97,12 @@ class SwAV(Method):
         if self.epoch < self.cfg.freeze_prototypes_epochs:
             self.student.prototypes.weight.grad = None
 
-    def after_optimizer_step(self, progress: Progress) -> None:
-        """Store this step's projections of each global view, from every process."""
-        if len(self.queues):
-            assert self._new_projections is not None  # set by this step's forward
-            for queue, projections in zip(self.queues, self._new_projections.chunk(2), strict=True):
-                cast(FeatureQueue, queue).push(projections)
-        self._new_projections = None
+
+# solo-learn's CIFAR swav.yaml: its symmetric views and LARS at lr 0.6 × batch/256 with wd
+# 1e-6, 200 epochs (fastssl's CIFAR budget; solo-learn trains 1000). Multi-crop: solo-learn's
+# CIFAR SwAV uses 2 crops and no local ones; ``--local-crops 6`` gives the paper's 2+6 at
+# CIFAR scale, whose global crops then narrow to scale 0.14–1 (``--views.crop-scale 0.14 1``).
+register(
+    "swav", SwAV, SwAVConfig, summary="SwAV, Sinkhorn, prototypes, queue, multi-crop option · solo-learn (LARS)",
+    views=multi_crop(SOLO_SYMMETRIC_VIEW), optim=replace(SOLO_LARS, lr_per_256=0.6, weight_decay=1e-6),
+)

@@ -11,6 +11,7 @@ by the nearness of their local embeddings; the loss is α·global + (1 − α)·
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -20,7 +21,9 @@ from fastssl.losses.vicregl import cell_centres, vicregl_loss
 from fastssl.methods.base import Encoded, Encoder, Method, MethodOutput
 from fastssl.methods.vicreg import VICRegConfig
 from fastssl.models.backbone import Backbone
-from fastssl.models.heads import mlp
+from fastssl.models.heads import expander
+from fastssl.recipes import preset, register
+from fastssl.recipes.defaults import SOLO_LARS, SOLO_VICREG_VIEWS
 from pipelines.batch import ViewBatch
 
 
@@ -28,18 +31,18 @@ from pipelines.batch import ViewBatch
 class VICRegLConfig(VICRegConfig):
     # Weight of the global criterion (the paper's and the authors' default; seed 003 also
     # reports 0.95, 0.5 and 0.25)
-    alpha: float = 0.75
+    alpha: float = 0.75  # α, the weight of the global criterion (1 − α: the local one)
     # Best-matched cells kept per image, first and second matching direction. The authors'
     # (20, 4) are for a 7×7 map (49 cells); the same shares of CIFAR's 4×4 map, 16·20/49 and
     # 16·4/49 = 6.5 and 1.3 cells, rounded up (fastssl-tuned; lightly's ImageNette benchmark
     # keeps (16, 4) of a 4×4 map, i.e. no filtering in the first direction).
-    num_matches: tuple[int, int] = (7, 2)
+    num_matches: tuple[int, int] = (7, 2)  # best-matched cells kept per image, first and second matching direction
     # Keep every cell in the feature-based matching (the authors' code, --l2_all_matches 1)
     # instead of the best num_matches (the paper; lightly)
-    all_feature_matches: bool = False
+    all_feature_matches: bool = False  # keep every cell in the feature-based matching (the authors' code)
     # Local projector 512→512 (BN, ReLU)→512 (BN, ReLU)→512 (the authors' --maps-mlp 512-512-512)
-    local_hidden: int = 512
-    local_dim: int = 512
+    local_hidden: int = 512  # local projector hidden width
+    local_dim: int = 512  # local embedding dimension
 
 
 class LocalEncoder(Encoder):
@@ -60,7 +63,7 @@ class LocalEncoder(Encoder):
         # with a channels-last map the permute is free.
         cells = encoded.feature_map.permute(0, 2, 3, 1).reshape(n * h * w, d)
         local = self.local_projector(cells).view(n, h, w, -1).permute(0, 3, 1, 2)
-        return encoded._replace(feature_map=local)
+        return dataclasses.replace(encoded, feature_map=local)
 
 
 class VICRegL(Method):
@@ -68,14 +71,14 @@ class VICRegL(Method):
         super().__init__()
         self.cfg = cfg
         d = backbone.feature_dim
-        projector = mlp([d, cfg.proj_hidden, cfg.proj_hidden, cfg.proj_dim], hidden_bn=True)
-        local_projector = mlp([d, cfg.local_hidden, cfg.local_hidden, cfg.local_dim], hidden_bn=True)
+        projector = expander(d, cfg.proj_hidden, cfg.proj_dim)
+        local_projector = expander(d, cfg.local_hidden, cfg.local_dim)
         self.student = LocalEncoder(backbone, projector, local_projector)
-        self.teacher = None
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
-        features, projections, _, local = self.encode(batch.views["global"], with_map=True)
-        z1, z2 = projections.chunk(2)
+        student = self.encode(batch.views["global"], with_map=True)
+        z1, z2 = student.projection.chunk(2)
+        local = student.feature_map
         assert local is not None  # asked for with_map
         h, w = local.shape[-2:]
         maps1, maps2 = local.flatten(2).transpose(1, 2).chunk(2)  # N×(h·w)×D', raster order
@@ -89,4 +92,21 @@ class VICRegL(Method):
             self.cfg.alpha, self.cfg.num_matches, self.cfg.weights, self.cfg.all_feature_matches,
         )
         metrics = {"global_loss": parts.global_loss.detach(), "local_loss": parts.local_loss.detach()}
-        return MethodOutput(parts.loss, metrics, features.detach(), z1.detach())
+        return MethodOutput(loss=parts.loss, metrics=metrics, features=student.features.detach(), embedding=z1.detach())
+
+
+# The VICReg recipe (solo-learn's CIFAR settings and views, fastssl/methods/vicreg.py), so
+# ``--method.alpha 1`` trains VICReg; lightly's Imagenette VICRegL keeps VICReg's LARS 0.3 /
+# 1e-4 too (the authors' ImageNet runs use AdamW or LARS with weight decay 1e-6). Sources
+# disagree on the matches: the authors keep 20 in the first and 4 in the second matching
+# direction whatever the views (lightly likewise); the paper gives 20 for global and 4 for
+# local views, i.e. (7, 7) here with two global views. num_matches follows the size of the
+# last feature map: the authors' (20, 4) for imagenette-224 (7×7), (15, 3) for stl10 (6×6)
+# by the same scaling; the 4×4 maps of tiny-imagenet and imagenette-128 keep (7, 2).
+register(
+    "vicregl", VICRegL, VICRegLConfig,
+    summary="VICRegL, α global/local weight (--method.alpha) · the paper on VICReg's recipe",
+    views=SOLO_VICREG_VIEWS, optim=SOLO_LARS,
+    presets={"imagenette-224": preset("imagenette-224", method={"num_matches": (20, 4)}),
+             "stl10": preset("stl10", method={"num_matches": (15, 3)})},
+)

@@ -36,6 +36,18 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def expander(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """in → hidden (BN, ReLU) → hidden (BN, ReLU) → out: the three-layer projector of
+    Barlow Twins and VICReg (VICReg's "expander"), and VICRegL's two heads."""
+    return mlp([in_dim, hidden, hidden, out_dim], hidden_bn=True)
+
+
+def byol_heads(in_dim: int, hidden: int, out_dim: int, pred_hidden: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """BYOL's projector in → hidden (BN, ReLU) → out and predictor out → pred_hidden (BN,
+    ReLU) → out (the paper's §3.3 MLPs; Mini-SSL's BYOL.py and MSF.py)."""
+    return mlp([in_dim, hidden, out_dim], hidden_bn=True), mlp([out_dim, pred_hidden, out_dim], hidden_bn=True)
+
+
 class Prototypes(nn.Linear):
     """K prototype vectors as the rows of a weight-normalised linear layer whose gain is
     fixed at 1 (W = V / ‖V‖ row by row): the scores of a unit vector are cosines. SwAV's

@@ -126,3 +126,17 @@ def norm_layer(kind: str, group_size: int = 1) -> Callable[[int], nn.Module]:
     if kind == "split_bn":
         return lambda channels: SplitBatchNorm2d(channels, group_size)
     raise ValueError(f"unknown norm '{kind}' (bn, split_bn, sync_bn)")
+
+
+def split_bn_group_size(bn_splits: int, batch_size: int, processes: int) -> int:
+    """Images per split-BN group when each view of a global batch of ``batch_size`` is split
+    into ``bn_splits`` groups shared out over ``processes``: each process holds
+    ``bn_splits / processes`` groups of its ``batch_size / processes`` images per view, so
+    the statistics are those of ``bn_splits`` devices whatever the process count."""
+    per_process = batch_size // processes
+    if bn_splits % processes or per_process % (bn_splits // processes):
+        raise ValueError(
+            f"--model.bn-splits {bn_splits}: must share out over {processes} processes and split "
+            f"their {per_process} images per view evenly"
+        )
+    return per_process // (bn_splits // processes)

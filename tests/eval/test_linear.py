@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastssl.config import ModelConfig
 from fastssl.eval.linear import LinearConfig, fast_probe, fit_logistic, mini_ssl_linear, step_lr, train_view
 from fastssl.models.backbone import backbone_from_config
-from pipelines.views import ViewConfig
+from pipelines.spec import ViewConfig
 
 
 def test_schedule_is_mini_ssl_multistep():

@@ -23,7 +23,6 @@ def small_dino(**overrides):
     return DINO(DINOConfig(**{**settings, **overrides}), backbone).to(memory_format=torch.channels_last)
 
 
-
 def test_teacher_gets_no_gradient():
     torch.manual_seed(0)
     method = small_dino()
@@ -39,12 +38,13 @@ def test_loss_compares_teacher_global_views_with_every_student_view():
         method = small_dino()
         method.before_step(at(0))
         b = batch(local_crops=local_crops)
+        center = method.center.clone()  # the loss's, before the forward pass moves it
         loss = method(b).loss
         student = [method.student(b.views["global"]).prediction]
         if local_crops:
             student.append(method.student(b.views["local"]).prediction)
         teacher = method.teacher(b.views["global"]).prediction.view(2, 4, K)
-        expected = dino_loss(torch.cat(student).view(-1, 4, K), teacher, method.center, 0.1, 0.04)
+        expected = dino_loss(torch.cat(student).view(-1, 4, K), teacher, center, 0.1, 0.04)
         torch.testing.assert_close(loss, expected)
 
 
@@ -62,15 +62,15 @@ def test_centre_follows_the_mean_teacher_output_and_teacher_follows_by_ema():
         progress = at(0, step)
         method.before_step(progress)
         b = batch(seed=step)
-        method(b)
-        teacher_outputs = method.teacher(b.views["global"]).prediction
         center = method.center.clone()
+        method(b)  # the centre moves once the loss has used it, as the official DINOLoss does
+        teacher_outputs = method.teacher(b.views["global"]).prediction
+        torch.testing.assert_close(method.center, 0.9 * center + 0.1 * teacher_outputs.mean(0))
         with torch.no_grad():
             for p in method.student.parameters():
                 p.add_(0.1)  # as if the optimiser had stepped
         before = copy.deepcopy(method.teacher.network)
         method.after_optimizer_step(progress)
-        torch.testing.assert_close(method.center, 0.9 * center + 0.1 * teacher_outputs.mean(0))
         m = cosine_ramp(0.9995, 1.0, progress.fraction)
         assert abs(method.teacher.momentum.item() - m) < 1e-7
         for t, t0, s in zip(method.teacher.network.parameters(), before.parameters(), method.student.parameters(),

@@ -27,10 +27,10 @@ def test_queue_takes_second_view_keys_and_wraps():
     torch.manual_seed(0)
     method = small_moco()
     for step in range(4):  # 4 keys per step into 12 slots: the pointer wraps after 3 steps
-        method(batch(seed=step))
-        new_keys = method._new_keys.clone()
+        out = method(batch(seed=step))
+        new_keys = out.enqueue["queue"]
         pointer = int(method.queue.pointer)
-        method.after_optimizer_step(PROGRESS)
+        method.push_memories(out)  # as the step does after the optimiser
         slots = (torch.arange(4) + pointer) % 12
         torch.testing.assert_close(method.queue.features[slots], torch.nn.functional.normalize(new_keys, dim=1))
     assert int(method.queue.pointer) == 16 % 12

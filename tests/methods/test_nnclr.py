@@ -5,11 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from fastssl.losses.neighbours import nearest_neighbours, nnclr_loss
-from fastssl.methods.base import Progress
 from fastssl.methods.nnclr import NNCLR, NNCLRConfig
 from tests.methods.common import batch, swapped, tiny_backbone
-
-PROGRESS = Progress(epoch=0, step=0, steps_per_epoch=1, epochs=1)
 
 
 def small_nnclr(**overrides):
@@ -36,7 +33,8 @@ def test_prediction_of_one_view_takes_the_neighbours_of_the_other(top_k):
     method = small_nnclr(top_k=top_k, symmetric=False)
     method.eval()
     b = batch()
-    _, z, p, _ = method.student(b.views["global"])
+    encoded = method.student(b.views["global"])
+    z, p = encoded.projection, encoded.prediction
     _, neighbours = nearest_neighbours(z.chunk(2)[1], method.support.features, top_k)
     p1 = p.chunk(2)[0]
     torch.testing.assert_close(method(b).loss, nnclr_loss(p1, neighbours, p1, neighbours, 0.2))
@@ -48,11 +46,11 @@ def test_support_set_takes_second_view_projections_after_the_step_and_wraps():
     for step in range(4):  # 4 projections per step into 12 slots: the pointer wraps after 3 steps
         b = batch(seed=step)
         before = method.support.features.clone()
-        method(b)
+        out = method(b)
         torch.testing.assert_close(method.support.features, before, rtol=0, atol=0)  # untouched until the step
         second_view = method.student(b.views["global"]).projection.chunk(2)[1]
         pointer = int(method.support.pointer)
-        method.after_optimizer_step(PROGRESS)
+        method.push_memories(out)  # as the step does after the optimiser
         slots = (torch.arange(4) + pointer) % 12
         torch.testing.assert_close(method.support.features[slots], F.normalize(second_view, dim=1).detach())
     assert int(method.support.pointer) == 16 % 12

@@ -37,17 +37,17 @@ def test_student_sees_the_strong_view_and_teacher_the_weak_one():
                           method.memory.features, 0.1, 0.04)
     torch.testing.assert_close(out.loss, expected)
     assert out.features.shape[0] == 4  # one view through the student
-    torch.testing.assert_close(method._new_keys, method.teacher(weak).projection)
+    torch.testing.assert_close(out.enqueue["memory"], method.teacher(weak).projection)
 
 
 def test_memory_takes_the_weak_view_teacher_embeddings_and_wraps():
     torch.manual_seed(0)
     method = small_ressl()
     for step in range(4):  # 4 embeddings per step into 12 slots: the pointer wraps after 3 steps
-        method(batch(seed=step))
-        new_keys = method._new_keys.clone()
+        out = method(batch(seed=step))
+        new_keys = out.enqueue["memory"]
         pointer = int(method.memory.pointer)
-        method.after_optimizer_step(progress(step))
+        method.push_memories(out)  # as the step does after the optimiser
         slots = (torch.arange(4) + pointer) % 12
         torch.testing.assert_close(method.memory.features[slots], F.normalize(new_keys, dim=1))
     assert int(method.memory.pointer) == 16 % 12

@@ -2,11 +2,8 @@ import torch
 
 from fastssl.losses.infonce import queue_info_nce
 from fastssl.losses.relational import sce_loss
-from fastssl.methods.base import Progress
 from fastssl.methods.sce import SCE, SCEConfig
 from tests.methods.common import batch, tiny_backbone
-
-PROGRESS = Progress(epoch=0, step=0, steps_per_epoch=1, epochs=1)
 
 
 def small_sce(**overrides):
@@ -34,7 +31,7 @@ def test_symmetric_loss_is_the_mean_of_directions_against_the_same_memory():
     assert out.features.shape[0] == 8  # both views through the student
     # Only the weak (second) view's teacher embeddings go to the memory, after the step.
     torch.testing.assert_close(method.memory.features, memory)
-    method.after_optimizer_step(PROGRESS)
+    method.push_memories(out)
     torch.testing.assert_close(method.memory.features[:4], torch.nn.functional.normalize(k_weak, dim=1))
 
 

@@ -38,7 +38,8 @@ def test_one_views_prediction_and_projection_meet_the_other_views_target_and_nei
     method = small_snclr(symmetric=False)
     method.eval()
     b = batch()
-    _, z, p, _ = method.student(b.views["global"])
+    encoded = method.student(b.views["global"])
+    z, p = encoded.projection, encoded.prediction
     t2 = method.teacher(b.views["global"]).projection.chunk(2)[1]
     _, neighbours = nearest_neighbours(t2, method.memory.features, 3)
     candidates = torch.cat([t2[:, None], neighbours], 1)
@@ -53,11 +54,11 @@ def test_memory_takes_second_view_targets_after_the_step_and_wraps():
         b = batch(seed=step)
         method.before_step(PROGRESS)
         before = method.memory.features.clone()
-        method(b)
+        out = method(b)
         torch.testing.assert_close(method.memory.features, before, rtol=0, atol=0)  # untouched until the step
         second_view = method.teacher(b.views["global"]).projection.chunk(2)[1]
         pointer = int(method.memory.pointer)
-        method.after_optimizer_step(PROGRESS)
+        method.push_memories(out)  # as the step does after the optimiser
         slots = (torch.arange(4) + pointer) % 12
         torch.testing.assert_close(method.memory.features[slots], F.normalize(second_view, dim=1))
     assert int(method.memory.pointer) == 16 % 12

@@ -70,10 +70,10 @@ def test_queue_stores_each_views_projections_and_joins_the_codes_from_its_epoch(
     method = small_swav()
     for step in range(4):  # 4 projections per view and step into 12 slots
         method.before_step(at_epoch(0))
-        method(batch(seed=step))
-        z1, z2 = method._new_projections.chunk(2)
+        out = method(batch(seed=step))
+        z1, z2 = out.enqueue["queues.0"], out.enqueue["queues.1"]
         pointer = int(method.queues[0].pointer)
-        method.after_optimizer_step(at_epoch(0))
+        method.push_memories(out)  # as the step does after the optimiser
         slots = (torch.arange(4) + pointer) % 12
         torch.testing.assert_close(method.queues[0].features[slots], F.normalize(z1, dim=1))
         torch.testing.assert_close(method.queues[1].features[slots], F.normalize(z2, dim=1))
@@ -93,5 +93,7 @@ def test_no_queue_when_its_size_is_zero():
     method = small_swav(queue_size=0)
     method.before_step(at_epoch(5))
     assert len(method.queues) == 0
-    method(batch()).loss.backward()
-    method.after_optimizer_step(at_epoch(5))
+    out = method(batch())
+    out.loss.backward()
+    assert out.enqueue == {}
+    method.push_memories(out)

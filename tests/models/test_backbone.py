@@ -1,10 +1,9 @@
-import dataclasses
-
 import torch
 
-from fastssl.config import ModelConfig, TrainConfig, dataset_presets, with_views
+from fastssl.config import LocalCropsTrainConfig, ModelConfig, with_views
 from fastssl.models.backbone import backbone_from_config
-from pipelines.views import ViewConfig
+from fastssl.recipes.defaults import dataset_presets
+from pipelines.spec import ViewConfig
 
 
 def test_vit_backbone_pools_the_class_token_and_maps_the_patches():
@@ -22,18 +21,17 @@ def test_split_bn_groups_follow_the_number_of_views():
     net(torch.randn(24, 3, 8, 8))  # six local crops of four images: six groups
 
 
-@dataclasses.dataclass(frozen=True)
-class WithLocal(TrainConfig):
-    local_views: ViewConfig = ViewConfig(size=16)
+def with_local():
+    return LocalCropsTrainConfig(data=None, method=None, local_views=ViewConfig(size=16))  # type: ignore[arg-type]
 
 
 def test_presets_change_every_view_field_in_proportion():
-    presets = dataset_presets(WithLocal(data=None))  # type: ignore[arg-type]
+    presets = dataset_presets(with_local())
     tiny = presets["tiny-imagenet"]
     assert tiny.views.size == 64 and tiny.local_views.size == 32 and tiny.local_views.mean == tiny.views.mean
     assert presets["imagenette-224"].local_views.size == 112
     assert presets["stl10"].train_splits == ("train", "unlabeled")
-    assert with_views(WithLocal(data=None), blur_p=0.0).local_views.blur_p == 0.0  # type: ignore[arg-type]
+    assert with_views(with_local(), blur_p=0.0).local_views.blur_p == 0.0
 
 
 def test_forward_with_map_agrees_with_the_separate_calls():

@@ -14,8 +14,9 @@ from PIL import Image
 
 from pipelines.dataset import DatasetError, read_info
 from pipelines.loader import Loader
+from pipelines.spec import ViewConfig
 from pipelines.tensor import TensorSplit
-from pipelines.views import ViewConfig, two_views
+from pipelines.views import two_views
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")

@@ -16,7 +16,8 @@ from PIL import Image  # noqa: E402
 
 from pipelines.dataset import read_info  # noqa: E402
 from pipelines.loader import Loader  # noqa: E402
-from pipelines.views import ViewConfig, two_views  # noqa: E402
+from pipelines.spec import ViewConfig  # noqa: E402
+from pipelines.views import two_views  # noqa: E402
 from tests.pipelines.test_backends import ROOT, convert, write_image_folder  # noqa: E402
 
 pytestmark = pytest.mark.dali

@@ -9,7 +9,8 @@ import torch
 
 from pipelines.augment import CropParams
 from pipelines.fused import fused_views, fused_views_supported
-from pipelines.views import ViewConfig, ViewPipeline
+from pipelines.spec import ViewConfig
+from pipelines.views import ViewPipeline
 
 EVERY_OP = ViewConfig(size=12, flip_p=1.0, jitter_p=1.0, grayscale_p=1.0, blur_p=1.0, solarize_p=1.0)
 NO_OP = ViewConfig(size=12, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)

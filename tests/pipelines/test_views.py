@@ -13,7 +13,9 @@ import torchvision.transforms.v2.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.views import ViewConfig, ViewPipeline, asymmetric_views, multi_crop, two_views  # noqa: E402
+from fastssl.config import MultiCropTrainConfig  # noqa: E402
+from pipelines.spec import ViewConfig  # noqa: E402
+from pipelines.views import ViewPipeline, ViewRecipe, two_views  # noqa: E402
 
 N = 8
 # Normalisation divides by std ≈ 0.2: float32 round-off of 1e-5 on [0, 1] becomes 5e-5.
@@ -156,7 +158,7 @@ def test_each_view_of_a_group_follows_its_own_config():
     images, sizes = batch(6, seed=3)
     strong = ViewConfig(blur_p=1.0, solarize_p=0.0, jitter_p=1.0)
     weak = ViewConfig(blur_p=0.0, solarize_p=1.0, jitter_p=0.0, grayscale_p=0.0, flip_p=0.0)
-    pipeline = asymmetric_views(strong, weak).groups["global"]
+    pipeline = ViewPipeline([strong, weak])
     params = pipeline.sample(sizes, torch.Generator().manual_seed(1))
     first, second = slice(0, 6), slice(6, 12)
     assert (params.blur_sigma[first] > 0).all() and (params.blur_sigma[second] == 0).all()
@@ -172,13 +174,15 @@ def test_each_view_of_a_group_follows_its_own_config():
 
 def test_multi_crop_makes_a_group_per_resolution_and_refuses_mixed_sizes():
     images, sizes = batch(4, seed=2)
-    recipe = multi_crop(ViewConfig(), ViewConfig(solarize_p=0.2), ViewConfig(size=16, crop_scale=(0.05, 0.2)), 3)
+    cfg = MultiCropTrainConfig(data=None, method=None, second_views=ViewConfig(solarize_p=0.2),  # type: ignore[arg-type]
+                               local_views=ViewConfig(size=16, crop_scale=(0.05, 0.2)), local_crops=3)
+    recipe = ViewRecipe(cfg.view_groups())
     views, meta = recipe(images, sizes, torch.Generator().manual_seed(0))
     assert views["global"].shape == (8, 3, 32, 32) and views["local"].shape == (12, 3, 16, 16)
     areas = meta["local"].boxes[:, 2] * meta["local"].boxes[:, 3]
     assert (areas <= 0.2 * 32 * 32 * 1.2).all()  # small crops, up to rounding of the sides
     with pytest.raises(ValueError, match="must share 'size'"):
-        asymmetric_views(ViewConfig(), ViewConfig(size=16))
+        ViewPipeline([ViewConfig(), ViewConfig(size=16)])
 
 
 def test_views_of_different_jitter_strengths_share_a_batch():
@@ -186,7 +190,7 @@ def test_views_of_different_jitter_strengths_share_a_batch():
     plain = ViewConfig(jitter_p=1.0, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0, blur_p=0.0, flip_p=0.0)
     hue_only = dataclasses.replace(plain, jitter=(0.0, 0.0, 0.0, 0.5))
     for first, second in ((plain, hue_only), (hue_only, plain)):
-        pipeline = asymmetric_views(first, second).groups["global"]
+        pipeline = ViewPipeline([first, second])
         params = pipeline.sample(sizes, torch.Generator().manual_seed(2))
         views, _ = pipeline.apply(images, params)
         unjittered = dataclasses.replace(params, jitter=dataclasses.replace(params.jitter, applied=torch.zeros(12) > 0))

@@ -38,8 +38,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[0:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
-
 from conftest import make_tensor_dataset  # noqa: E402
+
+from fastssl.config import to_json  # noqa: E402
+from fastssl.recipes import get, names  # noqa: E402
+from fastssl.recipes.launch import main as run_recipe  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("golden.json")
 STEPS = 3
@@ -48,15 +51,8 @@ TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "1
         "--run.no-knn-before-training", "--run.stop-after-steps", str(STEPS)]
 
 
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
-
-
 def presets_of(name: str) -> dict:
-    from fastssl.recipe import load_recipe
-    from fastssl.train.loop import _jsonable
-
-    presets = {preset: _jsonable(cfg) for preset, cfg in load_recipe(name).PRESETS.items()}
+    presets = {preset: to_json(cfg) for preset, cfg in get(name).presets.items()}
     for config in presets.values():
         config.pop("data")  # a preset names no data set
     return presets
@@ -64,9 +60,7 @@ def presets_of(name: str) -> dict:
 
 def train(name: str, data: Path, out: Path) -> Path:
     """3 steps of recipe ``name``; returns its run folder."""
-    from fastssl.recipe import load_recipe
-
-    load_recipe(name).main(["--data", str(data), "--run.out-dir", str(out), "--run.name", name, *TINY])
+    run_recipe(name, ["--data", str(data), "--run.out-dir", str(out), "--run.name", name, *TINY])
     return out / name
 
 
@@ -113,7 +107,7 @@ def measure_all() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_tensor_dataset(Path(tmp) / "golden", train=64, test=16)
         recipes = {}
-        for name in recipe_names():
+        for name in names():
             recipes[name] = {**measure(name, data, Path(tmp) / "runs"), "presets": presets_record(name)}
             print(f"{name}: losses {recipes[name]['losses']}", file=sys.stderr)
     assert torch.backends.cpu.get_cpu_capability() == "AVX2", "the pinned environment did not take"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastssl.recipe import load_recipe
+from fastssl.recipes.launch import main as run_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "16",
@@ -19,7 +19,7 @@ def run(name, data, out, *extra):
     args = ["--data", str(data), "--run.out-dir", str(out), *TINY, *extra]
     if name == "mocov2":
         args += ["--method.queue-size", "32"]
-    return load_recipe(name).main(args)
+    return run_recipe(name, args)
 
 
 @pytest.mark.parametrize("name,extra", [
@@ -86,7 +86,7 @@ def test_gradient_accumulation_is_refused_for_batch_dependent_losses(tiny_datase
 
 
 def test_lars_vit_deterministic_tensorboard_and_collapse_metrics(tiny_dataset, tmp_path):
-    summary = load_recipe("simclr").main([
+    summary = run_recipe("simclr", [
         "--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), "--optim.batch-size", "16",
         "--run.eval-batch-size", "32", "--run.no-progress-bar", "--run.log-every-steps", "2",
         "--model.arch", "vit_tiny", "--optim.optimizer", "lars", "--optim.epochs", "1",

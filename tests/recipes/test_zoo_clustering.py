@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastssl.recipe import load_recipe
+from fastssl.recipes.launch import main as run_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "16",
@@ -34,7 +34,7 @@ SMALL_HEADS = {
 ])
 def test_two_steps(name, extra, tiny_dataset, tmp_path):
     args = ["--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), *TINY, *SMALL_HEADS[name], *extra]
-    summary = load_recipe(name).main(args)
+    summary = run_recipe(name, args)
     run_dir = tmp_path / f"{name}-tiny"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]

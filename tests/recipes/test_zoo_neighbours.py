@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from fastssl.config import CIFAR100_MEAN
-from fastssl.recipe import load_recipe
+from fastssl.recipes import get
+from fastssl.recipes.launch import main as run_recipe
+from pipelines.spec import CIFAR100_MEAN
 
 TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "16",
         "--run.eval-batch-size", "32", "--run.no-progress-bar", "--run.log-every-steps", "1",
@@ -22,7 +23,7 @@ TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "1
     ("snclr", []),
 ])
 def test_two_steps(name, extra, tiny_dataset, tmp_path):
-    summary = load_recipe(name).main(["--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), *TINY, *extra])
+    summary = run_recipe(name, ["--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), *TINY, *extra])
     run_dir = tmp_path / f"{name}-tiny"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
@@ -35,7 +36,7 @@ def test_two_steps(name, extra, tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("name", ["nnclr", "msf", "snclr"])
 def test_tiny_imagenet_presets_follow_mini_ssl(name):
-    presets = load_recipe(name).PRESETS
+    presets = get(name).presets
     for preset in ("tiny-imagenet", "tiny-imagenet-32"):
         assert presets[preset].method.memory_size == 16384
         if name != "nnclr":
@@ -44,11 +45,11 @@ def test_tiny_imagenet_presets_follow_mini_ssl(name):
 
 
 def test_msf_target_view_is_mini_ssls_weak_augmentation():
-    recipe = load_recipe("msf")
-    cfg = recipe.PRESETS["cifar100"]
-    strong, weak = recipe.build_views(cfg).groups["global"].configs
+    recipe = get("msf")
+    cfg = recipe.presets["cifar100"]
+    strong, weak = cfg.view_groups()["global"]
     assert strong == cfg.views and strong.jitter_p == 0.8 and strong.blur_p == 0.5
     assert weak.flip_p == 0.9 and weak.crop_scale == (0.2, 1.0)
     assert weak.jitter_p == weak.grayscale_p == weak.blur_p == weak.solarize_p == 0.0
     assert weak.mean == CIFAR100_MEAN  # the presets rescale the weak view too
-    assert recipe.PRESETS["tiny-imagenet"].weak_views.size == 64
+    assert recipe.presets["tiny-imagenet"].weak_views.size == 64

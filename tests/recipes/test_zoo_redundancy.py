@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from fastssl.recipe import load_recipe
+from fastssl.recipes import get
+from fastssl.recipes.launch import main as run_recipe
 
 TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "16",
         "--run.eval-batch-size", "32", "--run.no-progress-bar", "--run.log-every-steps", "1",
@@ -20,7 +21,7 @@ TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "1
     ("vicregl", ["--method.local-hidden", "32", "--method.local-dim", "32"], {"global_loss", "local_loss"}),
 ])
 def test_two_steps(name, extra, logged, tiny_dataset, tmp_path):
-    summary = load_recipe(name).main(["--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), *TINY, *extra])
+    summary = run_recipe(name, ["--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), *TINY, *extra])
     run_dir = tmp_path / f"{name}-tiny"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
@@ -32,7 +33,7 @@ def test_two_steps(name, extra, logged, tiny_dataset, tmp_path):
 
 
 def test_solo_learn_cifar_settings():
-    barlow, vicreg, vicregl = (load_recipe(name).PRESETS for name in ("barlow_twins", "vicreg", "vicregl"))
+    barlow, vicreg, vicregl = (get(name).presets for name in ("barlow_twins", "vicreg", "vicregl"))
     for presets in (barlow, vicreg, vicregl):
         optim = presets["cifar10"].optim
         assert (optim.optimizer, optim.lr_per_256, optim.weight_decay, optim.lars_eta) == ("lars", 0.3, 1e-4, 0.02)

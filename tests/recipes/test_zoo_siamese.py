@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from fastssl.recipe import load_recipe
+from fastssl.recipes import get
+from fastssl.recipes.launch import main as run_recipe
 
 TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "16",
         "--run.eval-batch-size", "32", "--run.no-progress-bar", "--run.log-every-steps", "1",
@@ -22,7 +23,7 @@ SMALL_HEADS = ["--method.proj-hidden", "32", "--method.proj-dim", "16", "--metho
     ("mocov3", ["--preset", "cifar10-vit", "--views.size", "16", "--second-views.size", "16"]),
 ])
 def test_two_steps(name, extra, tiny_dataset, tmp_path):
-    summary = load_recipe(name).main(
+    summary = run_recipe(name, 
         ["--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), *TINY, *SMALL_HEADS, *extra]
     )
     run_dir = tmp_path / f"{name}-tiny"
@@ -47,13 +48,13 @@ def test_two_steps(name, extra, tiny_dataset, tmp_path):
 
 
 def test_presets():
-    byol = load_recipe("byol").PRESETS
+    byol = get("byol").presets
     tiny = byol["tiny-imagenet"]
     assert tiny.method.momentum == 0.996 and tiny.method.momentum_final == 1.0
     assert tiny.second_views.size == tiny.views.size == 64 and tiny.second_views.mean == tiny.views.mean
     first, second = byol["cifar10"].views, byol["cifar10"].second_views
     assert (first.blur_p, first.solarize_p, second.blur_p, second.solarize_p) == (0.5, 0.0, 0.1, 0.2)
-    mocov3 = load_recipe("mocov3").PRESETS
+    mocov3 = get("mocov3").presets
     for name in ("cifar10", "cifar100", "tiny-imagenet"):
         vit = mocov3[f"{name}-vit"]
         assert vit.model.arch == "vit_tiny" and vit.model.patch_size == mocov3[name].model.patch_size

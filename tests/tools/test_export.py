@@ -1,28 +1,25 @@
 """Export: the student backbone loads strictly into torchvision's ResNet (CIFAR-adapted as the
-model card says) and timm's ViT with identical features; the model card's fields; bad input."""
+model card says), timm's ViT and back through fastssl.weights with identical features; the
+model card's fields; bad input."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from fastssl.config import ModelConfig, TrainConfig
-from fastssl.export import export, load_backbone
+from fastssl.config import ModelConfig, TrainConfig, to_json
+from fastssl.export import export
+from fastssl.methods.mocov2 import MoCoV2Config
 from fastssl.models.backbone import backbone_from_config
-from fastssl.recipe import load_script
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-
-tool = load_script("tools", "export")
+from fastssl.weights import load_backbone
+from tools import export as tool
 
 
 def built_model(card: dict, folder: Path, monkeypatch) -> torch.nn.Module:
@@ -43,7 +40,7 @@ def hand_made_checkpoint(path: Path, model: ModelConfig) -> torch.nn.Module:
             tensor.uniform_(-0.5, 0.5)
         elif name.endswith(("running_var", "bn1.weight", "bn2.weight", "bn3.weight")):
             tensor.uniform_(0.5, 2.0)
-    config = json.loads(json.dumps(dataclasses.asdict(TrainConfig(data=Path("/data/x"), model=model)), default=str))
+    config = to_json(TrainConfig(data=Path("/data/x"), method=MoCoV2Config(), model=model))
     method = {f"student.backbone.{k}": v for k, v in backbone.state_dict().items()}
     torch.save({"method_name": "mocov2", "method": method, "config": config, "epoch_done": 3}, path)
     return backbone.eval()
@@ -57,9 +54,11 @@ def test_resnet_loads_strictly_into_torchvision_with_identical_features(cifar_st
     assert card["weights"]["loads_into"] == card["weights"]["names"] == "torchvision"
     assert "torchvision.models.resnet18()" in card["weights"]["build"]
     torchvision_model = built_model(card, tmp_path / "export", monkeypatch)  # load_state_dict is strict
+    reloaded = load_backbone(tmp_path / "export").network  # the export read back through fastssl.weights
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(torchvision_model(images), ours(images), rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(images), ours(images), rtol=0, atol=0)
 
 
 def test_vit_loads_strictly_into_timm_with_identical_features(tmp_path, monkeypatch):
@@ -67,9 +66,11 @@ def test_vit_loads_strictly_into_timm_with_identical_features(tmp_path, monkeypa
     card = export(tmp_path / "checkpoint.pt", tmp_path / "export")
     assert card["weights"]["loads_into"] == card["weights"]["names"] == "timm" and card["feature_dim"] == 192
     timm_model = built_model(card, tmp_path / "export", monkeypatch)
+    reloaded = load_backbone(tmp_path / "export" / "backbone.pt").network
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(timm_model(images), ours(images), rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(images), ours(images), rtol=0, atol=0)
 
 
 @pytest.fixture
@@ -90,7 +91,8 @@ def test_model_card_of_a_trained_run(run_dir, tmp_path, monkeypatch, capsys):
     summary = json.loads((run_dir / "summary.json").read_text())
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert card["method"] == "mocov2" and card["name"] == "mocov2-tiny"
-    assert card["data_set"] == {"path": summary["data"], "source": "synthetic", "classes": 4}
+    assert card["data_set"] == {"path": summary["data"], "relative_path": os.path.relpath(summary["data"], out),
+                                "source": "synthetic", "classes": 4}
     assert card["git_commit"] == summary["git_commit"] and card["config"] == state["config"]
     assert card["knn"]["student"] == {k: summary["knn"]["student"][k] for k in ("last", "last_epoch", "best",
                                                                                  "best_epoch")}
@@ -107,7 +109,9 @@ def test_model_card_of_a_trained_run(run_dir, tmp_path, monkeypatch, capsys):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(images), ours(images), rtol=0, atol=0)
-    assert "load it with" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "loads only into fastssl's ResNet (width 8; torchvision's ResNets are 64 channels wide" in out
+    assert "load it with" in out
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
@@ -118,9 +122,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     bad_arch = {"model": {"arch": "resnet9"}, "views": {}}
     torch.save({"method_name": "x", "method": {"student.backbone.x": torch.zeros(1)}, "config": bad_arch},
                tmp_path / "badarch.pt")
+    (tmp_path / "empty").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
     for args, expected in [
         ([str(tmp_path / "missing.pt")], "no such file"),
+        ([str(tmp_path / "empty")], "a folder without a checkpoint.pt"),
         ([str(tmp_path / "notes.txt")], "not a fastssl checkpoint"),
         ([str(tmp_path / "other.pt")], "no 'method_name', 'method' and 'config'"),
         ([str(tmp_path / "nostudent.pt")], "no student backbone"),

@@ -1,5 +1,6 @@
 """tools/linear_probe.py on a two-step MoCo v2 checkpoint: both protocols into linear.json;
-bad input is one error line, status 2 and nothing written."""
+an export of it and the same weights as a plain torchvision state dict give the same fast
+probe; bad input is one error line, status 2 and nothing written."""
 
 from __future__ import annotations
 
@@ -10,14 +11,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastssl.recipe import load_script
+from fastssl.export import export
+from fastssl.weights import load_backbone
+from pipelines.spec import CIFAR10_MEAN, CIFAR10_STD
+from tools import linear_probe as tool
 
-ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--protocol", "fast", "--eval-batch-size", "32"]
 
 
+def outside(arch: str = "resnet18") -> list[str]:
+    """The options that build the trained run's backbone (CIFAR stem, width 8) for its plain state dict."""
+    return ["--arch", arch, "--cifar-stem", "--no-maxpool", "--width", "8", "--image-size", "32",
+            "--mean", *map(str, CIFAR10_MEAN), "--std", *map(str, CIFAR10_STD)]
 
-tool = load_script("tools", "linear_probe")
 
+def torchvision_style(checkpoint: Path, path: Path) -> Path:
+    """The run's backbone as a torchvision training script saves one: a plain state dict,
+    names as they are, with a classifier beside the backbone."""
+    state = load_backbone(checkpoint).network.state_dict()
+    torch.save({**state, "fc.weight": torch.randn(10, 64), "fc.bias": torch.randn(10)}, path)
+    return path
 
 
 @pytest.fixture
@@ -63,3 +76,44 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tiny_dataset, tmp_
         err = capsys.readouterr().err.strip()
         assert err.startswith("linear_probe.py: error:") and "\n" not in err and expected in err, (args, err)
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "notes.txt", "tensor.pt"]
+
+
+def test_an_export_and_a_plain_state_dict_probe_as_their_checkpoint(checkpoint, tiny_dataset, tmp_path):
+    reference = tool.main([str(checkpoint.parent), *FAST])["test_acc"]
+    export(checkpoint.parent, tmp_path / "exported")
+    exported = tool.main([str(tmp_path / "exported" / "backbone.pt"), *FAST])
+    assert exported["test_acc"] == reference and exported["kind"] == "export" and exported["epochs_trained"] == 1
+    assert exported["data"] == str(tiny_dataset)  # from the model card
+    assert json.loads((tmp_path / "exported" / "linear.json").read_text())["fast"]["test_acc"] == reference
+    plain = torchvision_style(checkpoint, tmp_path / "resnet18.pth")
+    result = tool.main([str(plain), *FAST, *outside(), "--data", str(tiny_dataset)])
+    assert result["test_acc"] == reference and result["kind"] == "state dict" and result["epochs_trained"] is None
+    assert json.loads((tmp_path / "linear.json").read_text())["fast"]["test_acc"] == reference  # beside the file
+
+
+def test_outside_weights_that_do_not_fit_are_refused(checkpoint, tiny_dataset, tmp_path, capsys):
+    plain = str(torchvision_style(checkpoint, tmp_path / "resnet18.pth"))
+    tampered = tmp_path / "tampered"
+    export(checkpoint.parent, tampered)
+    weights = torch.load(tampered / "backbone.pt", weights_only=True)
+    torch.save({name: value + 1 for name, value in weights.items()}, tampered / "backbone.pt")
+    (tmp_path / "empty").mkdir()
+    data = ["--data", str(tiny_dataset)]
+    before = sorted(tmp_path.rglob("*"))
+    for args, expected in [
+        ([plain, *outside("resnet50"), *data], f"{plain}: the weights do not fit resnet50 (CIFAR stem, width 8): "
+                                               "missing layer1.0.conv3.weight"),
+        ([plain, *outside(), "--no-cifar-stem", *data], "conv1.weight is (8, 3, 3, 3) in the file, (8, 3, 7, 7)"),
+        ([plain, *data], "name its architecture with --arch"),
+        ([plain, *outside()], "give --data"),
+        ([str(tampered / "backbone.pt")], "sha256"),
+        ([str(tampered)], "changed since the export"),
+        ([str(checkpoint.parent), "--arch", "resnet18"], "a fastssl checkpoint, built as it was trained"),
+        ([str(tmp_path / "empty")], "neither a checkpoint.pt"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            tool.main([*args, *FAST])
+        assert exit_.value.code == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("linear_probe.py: error:") and "\n" not in err and expected in err, (args, err)
+    assert sorted(tmp_path.rglob("*")) == before

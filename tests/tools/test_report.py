@@ -1,23 +1,22 @@
 """tools/report.py on hand-made run folders: seeds pooled as mean ± std, table rows, PNGs,
-wall-clock time rebuilt from the log; bad input is one error line, status 2, nothing written."""
+wall-clock time rebuilt from the log; bad input is one error line, status 2, nothing written;
+without the [report] extra it says so in one line."""
 
 from __future__ import annotations
 
 import json
+import runpy
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from fastssl.recipe import load_script
+from tools import report as tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PLOTS = ["knn_vs_epoch.png", "knn_vs_time.png", "loss_vs_epoch.png", "loss_vs_time.png", "throughput.png"]
-
-
-
-tool = load_script("tools", "report")
 
 METRICS = [  # two epochs of two steps, batch 100; logged every step
     {"kind": "eval", "epoch": 0, "knn_student": 20.0, "seconds": 6.0},
@@ -123,3 +122,14 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("report.py: error:") and "\n" not in err and expected in err, (args, err)
     assert not out.exists() and (tmp_path / "file.md").read_text() == ""
+
+
+def test_without_the_report_extra_it_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script rewrites sys.path[0]
+    monkeypatch.setattr(sys, "argv", ["report.py"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "tools" / "report.py"), run_name="__main__")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "report.py: error: needs the [report] extra (matplotlib is missing): pip install -e '.[report]'\n"

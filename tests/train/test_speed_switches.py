@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from fastssl.recipe import load_recipe
+from fastssl.recipes.launch import main as run_recipe
 
 TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "16", "--run.eval-batch-size", "32",
         "--run.no-progress-bar", "--run.log-every-steps", "1", "--optim.epochs", "1", "--run.stop-after-steps", "3",
@@ -14,7 +14,7 @@ TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "1
 
 
 def losses(data, out, name, *switches):
-    load_recipe("mocov2").main(["--data", str(data), "--run.out-dir", str(out), "--run.name", name, *TINY, *switches])
+    run_recipe("mocov2", ["--data", str(data), "--run.out-dir", str(out), "--run.name", name, *TINY, *switches])
     records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     return torch.tensor([r["loss"] for r in records if r["kind"] == "train"])
 

@@ -1,0 +1,237 @@
+"""What ``python recipes/<name>.py`` does: read the command line, start a run or resume one,
+train, print the summary.
+
+Besides the configuration's own options (``--optim.epochs 100``, all of them in ``--help``)
+a recipe takes the options that say where its settings come from:
+
+    --preset NAME          the defaults of a data set or variant (the first preset when absent)
+    --config FILE          a saved configuration (a run's config.yaml); options apply on top
+    --resume               continue the run named by --data, --run.name and --run.out-dir
+    --resume-from RUN_DIR  continue the run in that folder
+    --resume-override      let a resumed run change settings that change the experiment
+
+A resumed run takes every setting from its checkpoint. Options given with it may change
+what is logged, evaluated and when to stop (``RESUMABLE``), and may let ``--optim.epochs``
+grow; any other change (the model, views, method, optimiser, data, seed or precision) is
+refused in one line naming each option with both values, unless ``--resume-override``,
+which is recorded in the run's history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fastssl.cli import fail, parse
+from fastssl.config import ConfigError, TrainConfig, from_json, to_json
+from fastssl.recipes import Recipe, UnknownRecipe, get
+from fastssl.run_folder import (
+    CHECKPOINT,
+    RunFolderError,
+    locate,
+    read_config,
+    run_dir_of,
+    write_config,
+)
+from fastssl.train import checkpoint
+from fastssl.train.build import RunError, build
+from fastssl.train.loop import Loop, standard_error_pct
+from pipelines.dataset import DatasetError
+
+# Settings a resumed run may change: what is logged and evaluated, when to stop, where the
+# run lives, and how fast a step runs without changing what it computes (each speed switch
+# has a test that both settings give the same losses).
+RESUMABLE = frozenset(f"run.{name}" for name in (
+    "name", "out_dir", "knn_every_epochs", "knn_k", "knn_temperature", "knn_before_training", "eval_batch_size",
+    "log_every_steps", "checkpoint_every_epochs", "stop_after_steps", "stop_after_minutes", "progress_bar",
+    "tensorboard", "channels_last", "compile", "cuda_graphs", "fused_optimizer", "fused_views",
+))
+
+
+def launch_options(program: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=program, add_help=False, allow_abbrev=False)
+    parser.add_argument("--preset")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume-from", type=Path)
+    parser.add_argument("--resume-override", action="store_true")
+    return parser
+
+
+def main(name: str, args: list[str] | None = None) -> dict[str, Any]:
+    """Run recipe ``name`` with the command line ``args`` (default: ``sys.argv``); the summary."""
+    program = f"{name}.py"
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        recipe = get(name)
+        options, rest = launch_options(program).parse_known_args(argv)
+        if "-h" in rest or "--help" in rest:
+            print(help_preamble(recipe))
+        return run(recipe, options, rest, program)
+    except (RunError, DatasetError, RunFolderError, ConfigError, UnknownRecipe, ValueError, ImportError) as error:
+        fail(program, error)
+
+
+def help_preamble(recipe: Recipe) -> str:
+    return (f"{recipe.name}: {recipe.summary} (declared in fastssl/methods/{recipe.name}.py)\n"
+            f"presets (--preset NAME, the first is the default): {', '.join(recipe.presets)}\n"
+            "also: --config FILE (a run's config.yaml), --resume, --resume-from RUN_DIR, --resume-override")
+
+
+def run(recipe: Recipe, options: argparse.Namespace, rest: list[str], program: str) -> dict[str, Any]:
+    resuming = options.resume or options.resume_from is not None
+    if options.preset is not None and (resuming or options.config):
+        raise RunError("--preset: a resumed or relaunched run takes its settings from the run")
+    if options.config is not None and resuming:
+        raise RunError("--config starts a new run from saved settings; --resume continues one: give one of them")
+    if options.resume_override and not resuming:
+        raise RunError("--resume-override goes with --resume or --resume-from")
+    presets = recipe.presets
+    if options.preset is not None and options.preset not in presets:
+        raise RunError(f"--preset {options.preset}: {recipe.name} has {', '.join(presets)}")
+    description = f"{recipe.name}: {recipe.summary}"
+    stored, state, run_dir, changes = None, None, None, {}
+    if options.config is not None:
+        default = saved_config(recipe, options.config, locate_data="--data" not in rest)
+    elif options.resume_from is not None:
+        run_dir = options.resume_from.parent if options.resume_from.is_file() else options.resume_from
+        state, stored = resume_state(recipe, run_dir)
+        default = stored
+    else:
+        default = presets[options.preset or next(iter(presets))]
+    cfg = parse(recipe.train_config, default, rest, program, description)
+    if options.resume and run_dir is None:  # the run named by --data, --run.name and --run.out-dir
+        run_dir = run_dir_of(cfg, recipe.name)
+        state, stored = resume_state(recipe, run_dir)
+        cfg = parse(recipe.train_config, stored, rest, program, description)  # unset options keep the run's
+    if stored is not None and run_dir is not None:  # resuming: the run stays where its folder is
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=run_dir.parent, name=run_dir.name))
+        cfg = absolute_paths(cfg)
+        changes = resumed_changes(stored, cfg, options.resume_override)
+    else:
+        run_dir = run_dir_of(cfg, recipe.name)
+        if (run_dir / CHECKPOINT).exists():
+            raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, "
+                           "or --run.name to start another")
+        cfg = absolute_paths(cfg)
+    parts = build(recipe, cfg)
+    loop = Loop(parts, run_dir, resume=state)
+    if changes:
+        loop.record_resume(changes, options.resume_override)
+    if loop.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, recipe.name, cfg)
+    summary = loop.fit()
+    if loop.is_main:
+        print(format_summary(summary))
+        print(f"  run folder: {run_dir}")
+    return json.loads(json.dumps(summary))
+
+
+def saved_config(recipe: Recipe, path: Path, locate_data: bool) -> TrainConfig:
+    """The configuration of a ``config.yaml``, which must be this recipe's; ``locate_data``:
+    find its data set (not when the command line gives another)."""
+    record = read_config(path, locate_data)
+    if record["recipe"] != recipe.name:
+        raise RunError(f"--config {path}: a {record['recipe']} run; relaunch it with recipes/{record['recipe']}.py")
+    return stored_config(recipe, record["config"], f"--config {path}")
+
+
+def stored_config(recipe: Recipe, values: dict[str, Any], where: str) -> TrainConfig:
+    try:
+        return from_json(recipe.views.config, values, method=recipe.config)
+    except (ConfigError, TypeError) as error:
+        raise RunError(f"{where}: its settings do not fit the {recipe.name} recipe ({error})") from error
+
+
+def resume_state(recipe: Recipe, run_dir: Path) -> tuple[dict[str, Any], TrainConfig]:
+    """The checkpoint of the run in ``run_dir`` and its configuration, the data set located
+    (absolute path first, then relative to the run folder)."""
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        raise RunError(f"--resume: {path} does not exist")
+    state = checkpoint.load(path)
+    if state.get("method_name") != recipe.name:
+        raise RunError(f"--resume: {path} is a {state.get('method_name')} run; resume it with its own recipe")
+    values = dict(state["config"])
+    values["data"] = str(locate(values["data"], state.get("relative_paths", {}).get("data"), run_dir))
+    stored = stored_config(recipe, values, str(path))
+    # The run is where its folder is now; a stop option is for the call that gave it (a
+    # resumed run goes on unless told again).
+    run = dataclasses.replace(stored.run, out_dir=run_dir.resolve().parent, name=run_dir.name,
+                              stop_after_steps=None, stop_after_minutes=None)
+    return state, dataclasses.replace(stored, run=run)
+
+
+def option(name: str) -> str:
+    """The command-line spelling of a dotted setting: ``optim.lr_per_256`` → ``--optim.lr-per-256``."""
+    return "--" + name.replace("_", "-")
+
+
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        return {k: v for key, value in values.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: values}
+
+
+def resumed_changes(stored: TrainConfig, cfg: TrainConfig, override: bool) -> dict[str, list[Any]]:
+    """The settings ``cfg`` changes from the run's own (setting → [stored, new]); a
+    ``RunError`` naming every change that would change the experiment, unless ``override``."""
+    before, after = flatten(to_json(stored)), flatten(to_json(cfg))
+    changes = {name: [before[name], after[name]] for name in after if before.get(name) != after[name]}
+    if "data" in changes and same_data_set(Path(before["data"]), Path(after["data"])):
+        del changes["data"]  # the same data set, reached by another path
+    refused = [name for name, (old, new) in changes.items()
+               if name not in RESUMABLE and not (name == "optim.epochs" and new > old)]
+    if refused and not override:
+        listed = ", ".join(f"{option(name)} {changes[name][0]} → {changes[name][1]}" for name in refused)
+        raise RunError(f"--resume would change the experiment: {listed} (the run's values first; "
+                       "--resume-override changes them anyway)")
+    return changes
+
+
+def same_data_set(a: Path, b: Path) -> bool:
+    """Whether two paths hold the same converted data set: the same folder, or identical
+    ``meta.json`` files (which hold every array's checksum)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return (a / "meta.json").read_bytes() == (b / "meta.json").read_bytes()
+    except OSError:
+        return False
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its paths absolute: a stored run works from any directory."""
+    return dataclasses.replace(cfg, data=cfg.data.resolve(),
+                               run=dataclasses.replace(cfg.run, out_dir=cfg.run.out_dir.resolve()))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"{summary['method']} on {summary['data']}: {summary['epochs_done']} epochs"
+             + ("" if summary["finished"] else " (stopped early; --resume continues)")]
+    count = summary["knn_test_images"]
+    for name, knn in summary["knn"].items():
+        parts = []
+        if "before_training" in knn:
+            parts.append(f"before {knn['before_training']:.2f}")
+        if "last" in knn:
+            parts.append(f"last {knn['last']:.2f} (epoch {knn['last_epoch']})")
+            parts.append(f"best {knn['best']:.2f} (epoch {knn['best_epoch']})")
+        if "before_training" in knn and "last" in knn:
+            gain = knn["last"] - knn["before_training"]
+            se = standard_error_pct(knn["last"], count)
+            parts.append(f"gain {gain:+.2f} = {gain / se:.1f} standard errors")
+        lines.append(f"  kNN {name:8s} % on {count} test images: " + ", ".join(parts))
+    if summary["online_probe_test"] is not None:
+        lines.append(f"  online linear probe test %: {summary['online_probe_test']:.2f}")
+    lines.append(
+        f"  {summary['images_per_s']:.0f} images/s training, wall time {summary['wall_time_s']:.0f} s, "
+        f"peak memory {summary['peak_memory_mib']:.0f} MiB ({summary['peak_memory_kind']}), "
+        f"{summary['device']}, {summary['mixed_precision']} precision"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""A run's parts, built from its configuration: the accelerator (device, precision,
+processes), the loader with its views, the method, the optimisers and the online probe.
+Nothing here trains; ``fastssl.train.step`` takes one step with the parts, and
+``fastssl.train.loop`` runs the epochs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+
+from fastssl.config import TrainConfig
+from fastssl.distributed import convert_sync_bn
+from fastssl.eval.online import OnlineProbe
+from fastssl.methods.base import Method
+from fastssl.models.backbone import backbone_from_config
+from fastssl.models.norm import split_bn_group_size
+from fastssl.train.optim import build_optimizer
+from pipelines.dataset import DatasetInfo, read_info
+from pipelines.loader import Loader
+from pipelines.views import ViewRecipe
+
+if TYPE_CHECKING:
+    from fastssl.recipes import Recipe
+
+
+class RunError(Exception):
+    """A run that cannot start or go on as asked (a bad path, a resume with nothing to
+    resume, a setting the method refuses, a diverged loss)."""
+
+
+@dataclass
+class Parts:
+    cfg: TrainConfig
+    recipe: str  # the recipe's name
+    accelerator: Accelerator
+    info: DatasetInfo
+    loader: Loader
+    method: Method  # the student inside is called through its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    probe: OnlineProbe
+    probe_call: nn.Module  # the probe through its DDP wrapper
+    probe_optimizer: torch.optim.Optimizer
+    compile_mode: str | None  # torch.compile's mode for the networks; None when they run eagerly
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def graphed(self) -> bool:
+        """Whether the compiled networks are captured as CUDA graphs."""
+        return self.compile_mode == "reduce-overhead"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+
+def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
+    """The parts of a run of ``recipe`` with ``cfg``. Seeds every generator first, so the
+    same configuration builds the same initial weights and views."""
+    if not cfg.data.exists():
+        raise RunError(f"--data {cfg.data}: no such directory")
+    info = read_info(cfg.data)
+    if cfg.run.deterministic:
+        _make_deterministic()
+    cuda = torch.cuda.is_available()
+    precision = {"auto": "bf16" if cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.run.precision]
+    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+    set_seed(cfg.run.seed)
+
+    def switch(value: bool | None) -> bool:  # a speed switch: None means on with CUDA
+        return cuda if value is None else value
+
+    views = ViewRecipe(cfg.view_groups(), switch(cfg.run.fused_views),
+                       torch.bfloat16 if precision == "bf16" else torch.float32)
+    world = accelerator.num_processes
+    loader = Loader(cfg.data, views, cfg.optim.batch_size, accelerator.device, cfg.run.seed,
+                    accelerator.process_index, world, cfg.train_splits)
+    m, o = cfg.model, cfg.optim
+    group_size = split_bn_group_size(m.bn_splits, o.batch_size, world) if m.norm == "split_bn" else 1
+    backbone = backbone_from_config(m, views.first.size, group_size)
+    if m.norm == "sync_bn":
+        backbone = convert_sync_bn(backbone)  # type: ignore[assignment]
+    memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+    method: Method = recipe.method(cfg.method, backbone).to(accelerator.device).to(memory_format=memory_format)
+    if o.accumulate_steps > 1 and not method.accumulation_safe:
+        raise RunError(
+            f"--optim.accumulate-steps {o.accumulate_steps}: {recipe.name}'s loss depends on the whole "
+            "batch (in-batch negatives, BN statistics or a queue), so accumulating gradients over "
+            "smaller batches would train a different method; use more processes or a smaller --optim.batch-size"
+        )
+    method.bind_student(accelerator.prepare_model(method.student))
+    probe = OnlineProbe(backbone.feature_dim, info.num_classes).to(accelerator.device)
+    probe_call = accelerator.prepare_model(probe)
+    optimizer = build_optimizer(method.param_groups(o), o, fused=switch(cfg.run.fused_optimizer))
+    compile_mode = None
+    if switch(cfg.run.compile):
+        compile_mode = "reduce-overhead" if switch(cfg.run.cuda_graphs) else "default"
+        # In place (nn.Module.compile), so state-dict keys and checkpoints are unchanged.
+        for network in method.compiled_networks():
+            network.compile(mode=compile_mode)
+    probe_optimizer = torch.optim.SGD(probe.parameters(), lr=o.probe_lr, momentum=0.9, weight_decay=0.0)
+    return Parts(cfg, recipe.name, accelerator, info, loader, method, optimizer, probe, probe_call,
+                 probe_optimizer, compile_mode)
+
+
+def _make_deterministic() -> None:
+    """Deterministic kernels (slower; errors where an op has no deterministic version)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
