@@ -153,6 +153,16 @@ class MultiCropTrainConfig(LocalCropsTrainConfig[M]):
 
 C = TypeVar("C", bound=TrainConfig)
 
+# Settings that decide how a run is logged, evaluated, stopped and placed, and how fast its
+# step runs, not what it trains (compile, CUDA graphs and the fused optimiser are tested to
+# give the same losses; the memory format and the fused view kernel change only rounding):
+# a resumed run may change them, and tools/report.py pools runs that differ only in these.
+BOOKKEEPING = frozenset(f"run.{name}" for name in (
+    "name", "out_dir", "knn_every_epochs", "knn_k", "knn_temperature", "knn_before_training", "eval_batch_size",
+    "log_every_steps", "checkpoint_every_epochs", "stop_after_steps", "stop_after_minutes", "progress_bar",
+    "tensorboard", "channels_last", "compile", "cuda_graphs", "fused_optimizer", "fused_views",
+))
+
 
 def view_fields(cfg: TrainConfig) -> list[str]:
     """The names of ``cfg``'s ``ViewConfig`` fields (``views``, ``second_views``, …)."""
@@ -201,6 +211,14 @@ def to_json(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [to_json(v) for v in value]
     return value
+
+
+def dotted(values: Any, prefix: str = "") -> dict[str, Any]:
+    """A configuration's JSON form as dotted names → values (``{"optim": {"epochs": 3}}`` →
+    ``{"optim.epochs": 3}``)."""
+    if isinstance(values, Mapping):
+        return {k: v for key, value in values.items() for k, v in dotted(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: values}
 
 
 def from_json(cls: type[C] | type, values: Mapping[str, Any], method: type | None = None, where: str = "") -> Any:

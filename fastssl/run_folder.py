@@ -13,6 +13,7 @@ keeps working when the run folder and the data set move together.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,15 @@ def checkpoint_in(path: Path) -> Path:
 def relative_paths(cfg: TrainConfig, run_dir: Path) -> dict[str, str]:
     """The configuration's paths relative to the run folder (beside their absolute form)."""
     return {"data": os.path.relpath(cfg.data.resolve(), run_dir.resolve())}
+
+
+def data_fingerprint(data: Path) -> str | None:
+    """The sha256 of a converted data set's ``meta.json`` (which holds every array's
+    checksum): the same data set wherever it lies; None where there is none."""
+    try:
+        return hashlib.sha256((data / "meta.json").read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def locate(absolute: str | Path, relative: str | None, run_dir: Path, what: str = "data set") -> Path:

@@ -9,8 +9,8 @@ Needs the [report] extra (matplotlib). Reads every ``summary.json`` under the gi
 - ``results.md``: one row per experiment — method, data set, device, epochs, batch, kNN
   last (best), linear last (best), minutes, images/s, peak memory, n. Runs whose
   configurations differ only in ``run.seed`` (and settings that do not change what is
-  trained: ``run.name``, ``run.out_dir``, ``resume``, the progress bar, TensorBoard) are one
-  row, reported as mean ± sample standard deviation over the n seeds. Where rows of one
+  trained: ``fastssl.config.BOOKKEEPING`` — name, folder, logging, evaluation, stopping,
+  speed switches) are one row, reported as mean ± sample standard deviation over the n seeds. Where rows of one
   method and data set differ in other settings, a ``setting`` column names them.
 - ``knn_vs_epoch.png``, ``knn_vs_time.png``, ``loss_vs_epoch.png``, ``loss_vs_time.png``:
   the student's kNN accuracy and the training loss of every run, against epochs and
@@ -38,6 +38,7 @@ from typing import Any
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from fastssl.cli import fail, parse  # noqa: E402
+from fastssl.config import BOOKKEEPING, dotted  # noqa: E402
 
 PROGRAM = "report.py"
 
@@ -56,8 +57,9 @@ import tyro  # noqa: E402
 from fastssl.export import write_text_atomic  # noqa: E402
 from fastssl.train.checkpoint import write_atomic  # noqa: E402
 
-# Settings that do not change what is trained: runs differing only in these (and the seed) pool.
-NOT_THE_EXPERIMENT = ("run.seed", "run.name", "run.out_dir", "resume", "run.progress_bar", "run.tensorboard")
+# Settings that do not change what is trained: runs differing only in these (and the seed)
+# pool (``resume`` was a setting in summaries written before 2026-12).
+NOT_THE_EXPERIMENT = BOOKKEEPING | {"run.seed", "resume"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ def find_runs(paths: tuple[Path, ...]) -> list[Run]:
     for path in paths:
         if (path / "summary.json").is_file():
             folders.append(path)
+        elif path.is_file() and (path.parent / "summary.json").is_file():  # a run's checkpoint.pt
+            folders.append(path.parent)
         elif path.is_dir():
             folders += sorted(p.parent for p in path.glob("*/summary.json"))
         else:
@@ -135,23 +139,14 @@ def find_runs(paths: tuple[Path, ...]) -> list[Run]:
     return [read_run(folder) for folder in unique.values()]
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys, values as JSON text: {"run": {"seed": 1}} → {"run.seed": "1"}."""
-    if not isinstance(value, dict):
-        return {prefix: json.dumps(value)}
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        flat.update(flatten(item, f"{prefix}.{key}" if prefix else key))
-    return flat
-
-
 def group(runs: list[Run]) -> list[Cell]:
     """One cell per experiment: same method and configuration but for the pooled settings;
     each cell's ``setting`` names what tells it apart from its method's other cells on the
     same data set."""
     cells: dict[str, Cell] = {}
     for run in runs:
-        config = {k: v for k, v in flatten(run.summary["config"]).items() if k not in NOT_THE_EXPERIMENT}
+        settings = dotted(run.summary["config"]).items()
+        config = {k: json.dumps(v) for k, v in settings if k not in NOT_THE_EXPERIMENT}  # JSON text: hashable
         key = json.dumps([run.summary["method"], config], sort_keys=True)
         if key not in cells:
             cells[key] = Cell(run.summary["method"], Path(run.summary["data"]).name, config)

@@ -134,6 +134,8 @@ def split_bn_group_size(bn_splits: int, batch_size: int, processes: int) -> int:
     ``bn_splits / processes`` groups of its ``batch_size / processes`` images per view, so
     the statistics are those of ``bn_splits`` devices whatever the process count."""
     per_process = batch_size // processes
+    if bn_splits < 1:
+        raise ValueError(f"--model.bn-splits {bn_splits}: must be at least 1")
     if bn_splits % processes or per_process % (bn_splits // processes):
         raise ValueError(
             f"--model.bn-splits {bn_splits}: must share out over {processes} processes and split "

@@ -11,7 +11,7 @@ a recipe takes the options that say where its settings come from:
     --resume-override      let a resumed run change settings that change the experiment
 
 A resumed run takes every setting from its checkpoint. Options given with it may change
-what is logged, evaluated and when to stop (``RESUMABLE``), and may let ``--optim.epochs``
+what is logged, evaluated and when to stop (``config.BOOKKEEPING``), and may let ``--optim.epochs``
 grow; any other change (the model, views, method, optimiser, data, seed or precision) is
 refused in one line naming each option with both values, unless ``--resume-override``,
 which is recorded in the run's history.
@@ -23,15 +23,18 @@ import argparse
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastssl.cli import fail, parse
-from fastssl.config import ConfigError, TrainConfig, from_json, to_json
+from fastssl.config import BOOKKEEPING, ConfigError, TrainConfig, dotted, from_json, to_json
 from fastssl.recipes import Recipe, UnknownRecipe, get
 from fastssl.run_folder import (
     CHECKPOINT,
     RunFolderError,
+    checkpoint_in,
+    data_fingerprint,
     locate,
     read_config,
     run_dir_of,
@@ -41,15 +44,6 @@ from fastssl.train import checkpoint
 from fastssl.train.build import RunError, build
 from fastssl.train.loop import Loop, standard_error_pct
 from pipelines.dataset import DatasetError
-
-# Settings a resumed run may change: what is logged and evaluated, when to stop, where the
-# run lives, and how fast a step runs without changing what it computes (each speed switch
-# has a test that both settings give the same losses).
-RESUMABLE = frozenset(f"run.{name}" for name in (
-    "name", "out_dir", "knn_every_epochs", "knn_k", "knn_temperature", "knn_before_training", "eval_batch_size",
-    "log_every_steps", "checkpoint_every_epochs", "stop_after_steps", "stop_after_minutes", "progress_bar",
-    "tensorboard", "channels_last", "compile", "cuda_graphs", "fused_optimizer", "fused_views",
-))
 
 
 def launch_options(program: str) -> argparse.ArgumentParser:
@@ -94,24 +88,27 @@ def run(recipe: Recipe, options: argparse.Namespace, rest: list[str], program: s
     if options.preset is not None and options.preset not in presets:
         raise RunError(f"--preset {options.preset}: {recipe.name} has {', '.join(presets)}")
     description = f"{recipe.name}: {recipe.summary}"
-    stored, state, run_dir, changes = None, None, None, {}
+    data_given = any(arg == "--data" or arg.startswith("--data=") for arg in rest)
+    resumed: Resumed | None = None
     if options.config is not None:
-        default = saved_config(recipe, options.config, locate_data="--data" not in rest)
+        default = saved_config(recipe, options.config, locate_data=not data_given)
     elif options.resume_from is not None:
-        run_dir = options.resume_from.parent if options.resume_from.is_file() else options.resume_from
-        state, stored = resume_state(recipe, run_dir)
-        default = stored
+        resumed = resume_state(recipe, checkpoint_in(options.resume_from), locate_data=not data_given)
+        default = resumed.cfg
     else:
         default = presets[options.preset or next(iter(presets))]
     cfg = parse(recipe.train_config, default, rest, program, description)
-    if options.resume and run_dir is None:  # the run named by --data, --run.name and --run.out-dir
-        run_dir = run_dir_of(cfg, recipe.name)
-        state, stored = resume_state(recipe, run_dir)
-        cfg = parse(recipe.train_config, stored, rest, program, description)  # unset options keep the run's
-    if stored is not None and run_dir is not None:  # resuming: the run stays where its folder is
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=run_dir.parent, name=run_dir.name))
-        cfg = absolute_paths(cfg)
-        changes = resumed_changes(stored, cfg, options.resume_override)
+    if options.resume and resumed is None:  # the run named by --data, --run.name and --run.out-dir
+        path = run_dir_of(cfg, recipe.name) / CHECKPOINT
+        if not path.exists():
+            raise RunError(f"--resume: {path} does not exist")
+        resumed = resume_state(recipe, path, locate_data=False)  # --data names it
+        cfg = parse(recipe.train_config, resumed.cfg, rest, program, description)  # unset options keep the run's
+    if resumed is not None:  # the run stays where its folder is
+        run_dir = resumed.run_dir
+        cfg = absolute_paths(dataclasses.replace(cfg, run=dataclasses.replace(
+            cfg.run, out_dir=run_dir.parent, name=run_dir.name)))
+        changes = resumed_changes(resumed, cfg, options.resume_override)
     else:
         run_dir = run_dir_of(cfg, recipe.name)
         if (run_dir / CHECKPOINT).exists():
@@ -119,8 +116,8 @@ def run(recipe: Recipe, options: argparse.Namespace, rest: list[str], program: s
                            "or --run.name to start another")
         cfg = absolute_paths(cfg)
     parts = build(recipe, cfg)
-    loop = Loop(parts, run_dir, resume=state)
-    if changes:
+    loop = Loop(parts, run_dir, resume=None if resumed is None else resumed.state)
+    if resumed is not None:
         loop.record_resume(changes, options.resume_override)
     if loop.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,33 +135,51 @@ def saved_config(recipe: Recipe, path: Path, locate_data: bool) -> TrainConfig:
     record = read_config(path, locate_data)
     if record["recipe"] != recipe.name:
         raise RunError(f"--config {path}: a {record['recipe']} run; relaunch it with recipes/{record['recipe']}.py")
-    return stored_config(recipe, record["config"], f"--config {path}")
+    return for_this_call(stored_config(recipe, record["config"], f"--config {path}"))
+
+
+# Settings earlier versions stored that are no longer settings (``resume`` became --resume).
+RETIRED = ("resume",)
 
 
 def stored_config(recipe: Recipe, values: dict[str, Any], where: str) -> TrainConfig:
+    values = {key: value for key, value in values.items() if key not in RETIRED}
     try:
         return from_json(recipe.views.config, values, method=recipe.config)
     except (ConfigError, TypeError) as error:
         raise RunError(f"{where}: its settings do not fit the {recipe.name} recipe ({error})") from error
 
 
-def resume_state(recipe: Recipe, run_dir: Path) -> tuple[dict[str, Any], TrainConfig]:
-    """The checkpoint of the run in ``run_dir`` and its configuration, the data set located
-    (absolute path first, then relative to the run folder)."""
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        raise RunError(f"--resume: {path} does not exist")
-    state = checkpoint.load(path)
-    if state.get("method_name") != recipe.name:
-        raise RunError(f"--resume: {path} is a {state.get('method_name')} run; resume it with its own recipe")
-    values = dict(state["config"])
-    values["data"] = str(locate(values["data"], state.get("relative_paths", {}).get("data"), run_dir))
-    stored = stored_config(recipe, values, str(path))
-    # The run is where its folder is now; a stop option is for the call that gave it (a
-    # resumed run goes on unless told again).
-    run = dataclasses.replace(stored.run, out_dir=run_dir.resolve().parent, name=run_dir.name,
-                              stop_after_steps=None, stop_after_minutes=None)
-    return state, dataclasses.replace(stored, run=run)
+def for_this_call(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` without its stop options: they are for the call that gave them, so a resumed
+    or relaunched run goes on unless told again."""
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, stop_after_steps=None, stop_after_minutes=None))
+
+
+@dataclass
+class Resumed:
+    state: dict[str, Any]  # the checkpoint's contents
+    cfg: TrainConfig  # the run's settings, where its folder is now, without stop options
+    run_dir: Path  # absolute
+    data_meta_sha256: str | None  # the fingerprint of its data set (older checkpoints: None)
+
+
+def resume_state(recipe: Recipe, path: Path, locate_data: bool) -> Resumed:
+    """The run of checkpoint ``path`` and its settings; ``locate_data``: find its data set
+    (absolute path first, then relative to the run folder), unless the command line names it."""
+    run_dir = path.resolve().parent
+    try:
+        state = checkpoint.load(path)
+        values, method = dict(state["config"]), state["method_name"]
+    except Exception as error:  # torch.load raises many kinds on foreign or damaged files
+        raise RunError(f"--resume: {path}: not a readable fastssl checkpoint ({type(error).__name__})") from error
+    if method != recipe.name:
+        raise RunError(f"--resume: {path} is a {method} run; resume it with recipes/{method}.py")
+    if locate_data:
+        values["data"] = str(locate(values["data"], state.get("relative_paths", {}).get("data"), run_dir))
+    cfg = stored_config(recipe, values, str(path))
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=run_dir.parent, name=run_dir.name))
+    return Resumed(state, for_this_call(cfg), run_dir, state.get("data_meta_sha256"))
 
 
 def option(name: str) -> str:
@@ -172,21 +187,16 @@ def option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(values, dict):
-        return {k: v for key, value in values.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: values}
-
-
-def resumed_changes(stored: TrainConfig, cfg: TrainConfig, override: bool) -> dict[str, list[Any]]:
+def resumed_changes(resumed: Resumed, cfg: TrainConfig, override: bool) -> dict[str, list[Any]]:
     """The settings ``cfg`` changes from the run's own (setting → [stored, new]); a
-    ``RunError`` naming every change that would change the experiment, unless ``override``."""
-    before, after = flatten(to_json(stored)), flatten(to_json(cfg))
+    ``RunError`` naming every change that would change the experiment, unless ``override``.
+    Bookkeeping may change (``config.BOOKKEEPING``) and ``optim.epochs`` may grow."""
+    before, after = dotted(to_json(resumed.cfg)), dotted(to_json(cfg))
     changes = {name: [before[name], after[name]] for name in after if before.get(name) != after[name]}
-    if "data" in changes and same_data_set(Path(before["data"]), Path(after["data"])):
+    if "data" in changes and same_data_set(resumed, cfg.data):
         del changes["data"]  # the same data set, reached by another path
     refused = [name for name, (old, new) in changes.items()
-               if name not in RESUMABLE and not (name == "optim.epochs" and new > old)]
+               if name not in BOOKKEEPING and not (name == "optim.epochs" and new > old)]
     if refused and not override:
         listed = ", ".join(f"{option(name)} {changes[name][0]} → {changes[name][1]}" for name in refused)
         raise RunError(f"--resume would change the experiment: {listed} (the run's values first; "
@@ -194,15 +204,14 @@ def resumed_changes(stored: TrainConfig, cfg: TrainConfig, override: bool) -> di
     return changes
 
 
-def same_data_set(a: Path, b: Path) -> bool:
-    """Whether two paths hold the same converted data set: the same folder, or identical
-    ``meta.json`` files (which hold every array's checksum)."""
-    if a.resolve() == b.resolve():
+def same_data_set(resumed: Resumed, data: Path) -> bool:
+    """Whether ``data`` is the resumed run's data set: the same folder, or one whose
+    ``meta.json`` (which holds every array's checksum) is the run's, wherever it is now."""
+    stored = resumed.cfg.data
+    if data.resolve() == stored.resolve():
         return True
-    try:
-        return (a / "meta.json").read_bytes() == (b / "meta.json").read_bytes()
-    except OSError:
-        return False
+    fingerprint = resumed.data_meta_sha256 or data_fingerprint(stored)
+    return fingerprint is not None and data_fingerprint(data) == fingerprint
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:

@@ -5,6 +5,7 @@ Nothing here trains; ``fastssl.train.step`` takes one step with the parts, and
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,6 +68,8 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
     same configuration builds the same initial weights and views."""
     if not cfg.data.exists():
         raise RunError(f"--data {cfg.data}: no such directory")
+    if cfg.run.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise RunError("--run.tensorboard needs the tensorboard package: pip install -e '.[report]'")
     info = read_info(cfg.data)
     if cfg.run.deterministic:
         _make_deterministic()

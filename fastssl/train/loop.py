@@ -23,7 +23,7 @@ from tqdm import tqdm
 from fastssl.config import to_json
 from fastssl.eval.knn import extract_features, knn_accuracy
 from fastssl.methods.base import Progress
-from fastssl.run_folder import CHECKPOINT, METRICS, SUMMARY, relative_paths
+from fastssl.run_folder import CHECKPOINT, METRICS, SUMMARY, data_fingerprint, relative_paths
 from fastssl.train import checkpoint
 from fastssl.train.build import Parts, RunError
 from fastssl.train.step import Meter, train_step
@@ -59,6 +59,7 @@ class Loop:
         self.train_seconds = 0.0
         self.images_seen = 0
         self.epoch_done = 0  # epochs fully trained
+        self.data_meta_sha256 = data_fingerprint(self.cfg.data)  # the data set, wherever it moves
         if resume is not None:
             self._load(resume)
 
@@ -85,6 +86,7 @@ class Loop:
             "epoch_done": self.epoch_done,
             "config": to_json(self.cfg),
             "relative_paths": relative_paths(self.cfg, self.run_dir),
+            "data_meta_sha256": self.data_meta_sha256,
         }
 
     def _save(self) -> None:
@@ -129,10 +131,8 @@ class Loop:
     def _tensorboard(self, record: dict[str, Any]) -> None:
         """The same record as TensorBoard scalars (``kind/name`` against the global step)."""
         if not hasattr(self, "_writer"):
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as error:
-                raise RunError("--run.tensorboard needs the tensorboard package: pip install -e '.[report]'") from error
+            from torch.utils.tensorboard import SummaryWriter  # the [report] extra, checked by build
+
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         step = record["epoch"] * self.parts.steps_per_epoch + record.get("step", 0)
         for name, value in record.items():
@@ -257,6 +257,7 @@ class Loop:
             "resumes": self.resumes,
             "config": to_json(self.cfg),
             "relative_paths": relative_paths(self.cfg, self.run_dir),
+            "data_meta_sha256": self.data_meta_sha256,
         }
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fastssl.recipes import names
+
 HERE = Path(__file__).parent
 GOLDEN = json.loads((HERE / "golden.json").read_text())
 
@@ -25,6 +27,10 @@ def measured(tmp_path_factory):
 def close(a: float, b: float, scale: float = 0.0) -> bool:
     """Within rtol 1e-6 (a sum near 0 is compared against its tensor's norm instead)."""
     return abs(a - b) <= 1e-6 * max(abs(b), scale)
+
+
+def test_every_recipe_has_golden_values():
+    assert sorted(GOLDEN["recipes"]) == names()
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN["recipes"]))

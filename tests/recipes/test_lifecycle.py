@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from fastssl.recipes.launch import main as run_recipe
+from tests.conftest import make_tensor_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 # Settings far from the defaults, so a resume that forgot them would build another network.
@@ -60,6 +61,8 @@ def test_resume_needs_only_what_identifies_the_run(stopped, tiny_dataset, tmp_pa
     out = fresh_copy(stopped, tmp_path)
     summary = run_recipe("mocov2", ["--data", str(tiny_dataset), "--run.out-dir", str(out), "--resume"])
     assert summary["finished"] and summary["config"]["model"]["width"] == 8
+    (resume,) = records(out / "mocov2-tiny", "resume")  # every resume is in the run's history
+    assert resume["changes"] == {} and (resume["epoch"], resume["step"]) == (0, 3) and summary["resumes"] == [resume]
     straight = weights(stopped / "straight" / "mocov2-tiny")
     for key, value in weights(out / "mocov2-tiny").items():
         torch.testing.assert_close(value, straight[key], rtol=0, atol=0, msg=key)
@@ -70,12 +73,17 @@ def test_a_change_to_the_experiment_is_refused_naming_each_option_and_both_value
 ):
     out = fresh_copy(stopped, tmp_path)
     before = weights(out / "mocov2-tiny")
+    files = {name: (out / "mocov2-tiny" / name).read_bytes() for name in ("config.yaml", "metrics.jsonl")}
     line = refused(capsys, "--data", str(tiny_dataset), "--run.out-dir", str(out), "--resume",
                    "--model.width", "16", "--optim.lr-per-256", "0.1", "--optim.epochs", "1")
     assert "--model.width 8 → 16" in line and "--optim.lr-per-256 0.06 → 0.1" in line and "--optim.epochs 2 → 1" in line
     assert "--resume-override" in line
     after = weights(out / "mocov2-tiny")
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing trained, nothing written
+    assert files == {name: (out / "mocov2-tiny" / name).read_bytes() for name in files}
+    other = make_tensor_dataset(tmp_path / "other", seed=1)  # another data set
+    line = refused(capsys, "--data", str(other), "--resume-from", str(out / "mocov2-tiny"))
+    assert f"--data {tiny_dataset} → {other}" in line
 
 
 def test_epochs_may_grow_and_logging_may_change(stopped, tiny_dataset, tmp_path):
@@ -118,6 +126,28 @@ def test_resume_from_a_moved_run_folder_and_data_set(stopped, tiny_dataset, tmp_
     assert str(moved / "data") in line and str(moved / "runs" / "mine" / "../../data") in line
 
 
+def test_a_checkpoint_of_the_earlier_format_resumes_from_its_file(stopped, tmp_path):
+    out = fresh_copy(stopped, tmp_path)
+    path = out / "mocov2-tiny" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    state["config"]["resume"] = False  # a setting until 2026-12
+    del state["data_meta_sha256"], state["relative_paths"]
+    torch.save(state, path)
+    summary = run_recipe("mocov2", ["--resume-from", str(path)])  # a checkpoint file names its run folder
+    assert summary["finished"] and summary["epochs_done"] == 2
+
+
+def test_a_data_set_moved_on_its_own_is_named_again_with_data(stopped, tiny_dataset, tmp_path):
+    out = fresh_copy(stopped, tmp_path)
+    moved = shutil.copytree(tiny_dataset, tmp_path / "moved" / "tiny")
+    state = torch.load(out / "mocov2-tiny" / "checkpoint.pt", weights_only=False)
+    state["config"]["data"] = str(tmp_path / "was-here")  # as if the data set had left its old place
+    torch.save(state, out / "mocov2-tiny" / "checkpoint.pt")
+    summary = run_recipe("mocov2", ["--resume-from", str(out / "mocov2-tiny"), "--data", str(moved)])
+    assert summary["finished"] and summary["data"] == str(moved)
+    assert summary["resumes"][0]["changes"] == {}  # the same data set (its meta.json), found anew
+
+
 def test_config_relaunches_the_same_run(stopped, tmp_path, monkeypatch):
     source = stopped / "straight" / "mocov2-tiny"
     saved = yaml.safe_load((source / "config.yaml").read_text())
@@ -128,6 +158,9 @@ def test_config_relaunches_the_same_run(stopped, tmp_path, monkeypatch):
     run_recipe("mocov2", ["--config", str(source / "config.yaml"), "--run.out-dir", ".", "--run.name", "again"])
     losses = [r["loss"] for r in records(source, "train")]
     assert losses and [r["loss"] for r in records(tmp_path / "again", "train")] == losses
+    # A stopped run's stop option is not part of what --config relaunches.
+    stopped_config = stopped / "stopped" / "mocov2-tiny" / "config.yaml"
+    assert run_recipe("mocov2", ["--config", str(stopped_config), "--run.out-dir", ".", "--run.name", "on"])["finished"]
 
 
 def test_launch_options_that_do_not_fit_together_are_refused(stopped, tiny_dataset, tmp_path, capsys):

@@ -133,3 +133,14 @@ def test_without_the_report_extra_it_names_the_extra(monkeypatch, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err == "report.py: error: needs the [report] extra (matplotlib is missing): pip install -e '.[report]'\n"
+
+
+def test_runs_differing_only_in_bookkeeping_pool_and_a_checkpoint_names_its_run(tmp_path):
+    first = make_run(tmp_path, "a", "mocov2", 1, (80.0, 81.0), 1000.0)
+    second = make_run(tmp_path, "b", "mocov2", 2, (82.0, 83.0), 1000.0)
+    summary = json.loads((second / "summary.json").read_text())
+    summary["config"]["run"].update(log_every_steps=5, compile=True)  # how it was logged and run, not what
+    (second / "summary.json").write_text(json.dumps(summary))
+    (first / "checkpoint.pt").write_bytes(b"")
+    (cell,) = tool.group(tool.find_runs((first / "checkpoint.pt", second)))
+    assert len(cell.runs) == 2 and cell.setting == ""
