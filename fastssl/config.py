@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import types
 import typing
 from collections.abc import Mapping
@@ -32,7 +33,9 @@ class ModelConfig:
     cifar_stem: bool = True  # ResNet conv1 3×3 at stride 1 (Mini-SSL, for 32–64 px images); else 7×7 at stride 2
     maxpool: bool = False  # ResNet stem max-pool: dropped for CIFAR, kept for Tiny-ImageNet (Mini-SSL)
     width: int = 64  # channels of the first ResNet stage (64 in the paper and torchvision)
-    norm: Literal["bn", "split_bn", "sync_bn"] = "split_bn"  # the backbone's batch norm
+    norm: Literal["bn", "split_bn", "sync_bn"] = "split_bn"
+    """The backbone's batch norm: split_bn (groups of a fixed size, as on bn_splits devices); bn or sync_bn (over
+    the global batch, synchronised when there are several processes)."""
     bn_splits: int = 8
     """Split-BN groups per view of the global batch, shared out over processes (Mini-SSL: 8 of 32 images)."""
 
@@ -74,6 +77,9 @@ class RunConfig:
     eval_batch_size: int = 1024  # images per forward when extracting features
     log_every_steps: int = 20  # metrics are read from the device only this often
     checkpoint_every_epochs: int = 1  # epochs between checkpoints (also after the last)
+    keep_checkpoints: int = 2  # newest checkpoints kept (checkpoint.pt, checkpoint.1.pt, …), besides best.pt
+    best_network: Literal["student", "teacher"] = "student"  # whose kNN accuracy picks best.pt
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGUSR2")  # signals that stop the run with a checkpoint
     stop_after_steps: int | None = None  # leave early (with a checkpoint) after this many steps
     stop_after_minutes: float | None = None  # likewise after this much wall-clock time
     progress_bar: bool = True  # a tqdm bar per epoch
@@ -159,9 +165,56 @@ C = TypeVar("C", bound=TrainConfig)
 # a resumed run may change them, and tools/report.py pools runs that differ only in these.
 BOOKKEEPING = frozenset(f"run.{name}" for name in (
     "name", "out_dir", "knn_every_epochs", "knn_k", "knn_temperature", "knn_before_training", "eval_batch_size",
-    "log_every_steps", "checkpoint_every_epochs", "stop_after_steps", "stop_after_minutes", "progress_bar",
+    "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "best_network", "stop_signals",
+    "stop_after_steps", "stop_after_minutes", "progress_bar",
     "tensorboard", "channels_last", "compile", "cuda_graphs", "fused_optimizer", "fused_views",
 ))
+
+
+def validate(cfg: TrainConfig) -> list[str]:
+    """``ConfigError`` naming the first option whose value cannot work (a size, count or
+    period below 1, a probability outside [0, 1], a crop scale outside (0, 1]); otherwise
+    the warnings for values that work but are probably not meant (a warm-up longer than
+    the run)."""
+    o, m, r = cfg.optim, cfg.model, cfg.run
+    at_least_one = {"optim.epochs": o.epochs, "optim.batch-size": o.batch_size, "optim.accumulate-steps":
+                    o.accumulate_steps, "model.width": m.width, "model.bn-splits": m.bn_splits, "model.patch-size":
+                    m.patch_size, "run.eval-batch-size": r.eval_batch_size, "run.log-every-steps": r.log_every_steps,
+                    "run.knn-every-epochs": r.knn_every_epochs, "run.knn-k": r.knn_k, "run.checkpoint-every-epochs":
+                    r.checkpoint_every_epochs, "run.keep-checkpoints": r.keep_checkpoints}
+    if r.stop_after_steps is not None:
+        at_least_one["run.stop-after-steps"] = r.stop_after_steps
+    for option, value in at_least_one.items():
+        if value < 1:
+            raise ConfigError(f"--{option} {value}: must be at least 1")
+    positive: dict[str, float] = {"optim.lr-per-256": o.lr_per_256, "run.knn-temperature": r.knn_temperature}
+    if r.stop_after_minutes is not None:
+        positive["run.stop-after-minutes"] = r.stop_after_minutes
+    for option, amount in positive.items():
+        if not amount > 0:
+            raise ConfigError(f"--{option} {amount}: must be positive")
+    if o.warmup_epochs < 0 or o.weight_decay < 0:
+        raise ConfigError(f"--optim.warmup-epochs {o.warmup_epochs} and --optim.weight-decay {o.weight_decay}: "
+                          "must not be negative")
+    for name in view_fields(cfg):
+        view, flag = getattr(cfg, name), "--" + name.replace("_", "-")
+        if view.size < 1:
+            raise ConfigError(f"{flag}.size {view.size}: must be at least 1")
+        low, high = view.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"{flag}.crop-scale {low} {high}: must satisfy 0 < low ≤ high ≤ 1")
+        for p in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            if not 0 <= getattr(view, p) <= 1:
+                raise ConfigError(f"{flag}.{p.replace('_', '-')} {getattr(view, p)}: a probability, in [0, 1]")
+    if isinstance(cfg, LocalCropsTrainConfig) and cfg.local_crops < 0:
+        raise ConfigError(f"--local-crops {cfg.local_crops}: must not be negative")
+    for name in r.stop_signals:
+        if name not in signal.Signals.__members__:
+            raise ConfigError(f"--run.stop-signals {name}: not a signal (e.g. SIGTERM, SIGINT, SIGUSR2)")
+    if o.warmup_epochs > o.epochs:
+        return [f"--optim.warmup-epochs {o.warmup_epochs} is longer than the run's {o.epochs} epochs: "
+                "the lr never reaches its peak"]
+    return []
 
 
 def view_fields(cfg: TrainConfig) -> list[str]:

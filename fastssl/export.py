@@ -36,7 +36,7 @@ from fastssl.eval.linear import headline
 from fastssl.models.vit import TIMM_NAMES
 from fastssl.run_folder import RunFolderError
 from fastssl.train.checkpoint import save_atomic, write_atomic
-from fastssl.weights import CARD_FILE, WEIGHTS_FILE, TrainedBackbone, load_checkpoint, outside_names
+from fastssl.weights import CARD_FILE, WEIGHTS_FILE, Network, TrainedBackbone, load_checkpoint, outside_names
 
 
 def exported_state_dict(trained: TrainedBackbone) -> dict[str, Tensor]:
@@ -113,6 +113,7 @@ def model_card(trained: TrainedBackbone, weights: Path, weights_sha256: str) -> 
     return {
         "name": trained.name,
         "method": trained.method,
+        "network": trained.role,
         "data_set": {"path": str(data), "relative_path": os.path.relpath(data, weights.parent.resolve()),
                      "source": meta.get("source"), "classes": len(meta["classes"]) if "classes" in meta else None},
         "architecture": model.arch,
@@ -138,10 +139,11 @@ def model_card(trained: TrainedBackbone, weights: Path, weights_sha256: str) -> 
     }
 
 
-def export(run: Path, out_dir: Path) -> dict[str, Any]:
-    """Write ``backbone.pt`` (the student backbone's state dict) of a run folder or a
-    checkpoint and ``model_card.json`` into ``out_dir``, each atomically; returns the card."""
-    trained = load_checkpoint(run)
+def export(run: Path, out_dir: Path, network: Network = "student") -> dict[str, Any]:
+    """Write ``backbone.pt`` (the student's or the EMA teacher's backbone as a state dict) of
+    a run folder or a checkpoint and ``model_card.json`` into ``out_dir``, each atomically;
+    returns the card."""
+    trained = load_checkpoint(run, network)
     state = exported_state_dict(trained)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fastssl.config import TrainConfig, to_json
-from fastssl.train.checkpoint import write_atomic
+from fastssl.train.checkpoint import newest_intact, write_atomic
 
 CHECKPOINT, CONFIG, SUMMARY, METRICS = "checkpoint.pt", "config.yaml", "summary.json", "metrics.jsonl"
 
@@ -36,11 +37,17 @@ def run_dir_of(cfg: TrainConfig, recipe: str) -> Path:
 
 
 def checkpoint_in(path: Path) -> Path:
-    """The checkpoint of a run folder, or ``path`` itself when it is a file."""
+    """The newest intact checkpoint of a run folder (a line on stderr for each newer one
+    skipped as damaged), or ``path`` itself when it is a file."""
     if path.is_dir():
-        if not (path / CHECKPOINT).is_file():
+        newest, skipped = newest_intact(path)
+        for line in skipped:
+            print(f"fastssl: {line}", file=sys.stderr)
+        if newest is None and skipped:
+            raise RunFolderError(f"{path}: every checkpoint in it is damaged ({skipped[0]})")
+        if newest is None:
             raise RunFolderError(f"{path}: a folder without a {CHECKPOINT} (not a run folder, or no checkpoint yet)")
-        return path / CHECKPOINT
+        return newest
     if not path.exists():
         raise RunFolderError(f"{path}: no such file or folder")
     return path

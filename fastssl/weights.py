@@ -37,11 +37,14 @@ from torch import Tensor, nn
 from fastssl.config import ModelConfig, from_json
 from fastssl.models.backbone import backbone_from_config
 from fastssl.models.vit import ViT
-from fastssl.run_folder import CHECKPOINT, checkpoint_in, locate
+from fastssl.run_folder import CHECKPOINT, RunFolderError, checkpoint_in, locate
+from fastssl.train.checkpoint import DamagedCheckpoint, verify
 from pipelines.dataset import read_info
 from pipelines.spec import IMAGENET_MEAN, IMAGENET_STD, ViewConfig
 
-STUDENT_BACKBONE = "student.backbone."  # the prefix of its parameters in a checkpoint's "method"
+# The prefix of each network's backbone parameters in a checkpoint's "method"
+BACKBONES = {"student": "student.backbone.", "teacher": "teacher.network.backbone."}
+Network = Literal["student", "teacher"]
 WEIGHTS_FILE, CARD_FILE = "backbone.pt", "model_card.json"  # an export's two files
 CHECKPOINT_KEYS = {"method_name", "method", "config"}
 ANY_WEIGHTS = "fastssl checkpoint, export or state dict"
@@ -82,6 +85,7 @@ class TrainedBackbone:
     method: str | None  # the recipe that trained it; None: unknown
     data: str | None = None  # the data set it trained on, its absolute path as stored
     data_relative: str | None = None  # the same relative to ``folder``, where stored
+    role: Network = "student"  # which network of the run it is (a checkpoint holds both where there is a teacher)
 
     def data_set(self) -> Path:
         """The data set it trained on: the stored absolute path where it exists, else the
@@ -95,6 +99,10 @@ class TrainedBackbone:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's contents, loaded as plain tensors and containers (``weights_only``:
     no code runs from the file)."""
+    try:
+        verify(path)
+    except DamagedCheckpoint as error:
+        raise CheckpointError(str(error)) from error
     state = read_weights_file(path, "fastssl checkpoint")
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
         raise CheckpointError(f"{path}: not a fastssl checkpoint (no 'method_name', 'method' and 'config')")
@@ -119,10 +127,13 @@ def load_backbone(path: Path, outside: OutsideWeights = OutsideWeights(), data: 
     if path.is_dir():
         if (path / CARD_FILE).is_file():
             return load_export(path)
-        if not (path / CHECKPOINT).is_file():
+        if not any(path.glob("checkpoint*.pt")):
             raise CheckpointError(f"{path}: a folder with neither a {CHECKPOINT} (a run folder) nor a {CARD_FILE} "
                                   "(an export)")
-        path = path / CHECKPOINT
+        try:
+            path = checkpoint_in(path)  # the newest intact one
+        except RunFolderError as error:
+            raise CheckpointError(str(error)) from error
     if is_export_weights(path):
         refuse_outside_options(outside, path, "export")
         return load_export(path)
@@ -140,21 +151,22 @@ def refuse_outside_options(outside: OutsideWeights, path: Path, kind: str) -> No
                               "with it are for plain state dicts")
 
 
-def load_checkpoint(path: Path) -> TrainedBackbone:
-    """The student backbone of a run folder or a checkpoint (``RunFolderError`` for a
-    folder without one)."""
+def load_checkpoint(path: Path, network: Network = "student") -> TrainedBackbone:
+    """The student's (or the EMA teacher's) backbone of a run folder or a checkpoint
+    (``RunFolderError`` for a folder without one)."""
     path = checkpoint_in(path)
-    return checkpoint_backbone(read_checkpoint(path), path)
+    return checkpoint_backbone(read_checkpoint(path), path, network)
 
 
-def checkpoint_backbone(state: dict[str, Any], path: Path) -> TrainedBackbone:
-    """The run's student backbone, rebuilt from its configuration. Split-BN and sync-BN are
-    built as plain BN: in eval mode all three are the same function of the same parameters
-    and running statistics."""
-    prefix = STUDENT_BACKBONE
+def checkpoint_backbone(state: dict[str, Any], path: Path, role: Network = "student") -> TrainedBackbone:
+    """The run's student (or EMA teacher) backbone, rebuilt from its configuration.
+    Split-BN and sync-BN are built as plain BN: in eval mode all three are the same function
+    of the same parameters and running statistics."""
+    prefix = BACKBONES[role]
     weights = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
     if not weights:
-        raise CheckpointError(f"{path}: holds no student backbone ({prefix}*)")
+        method = state.get("method_name")
+        raise CheckpointError(f"{path}: holds no {role} backbone ({prefix}*; a {method} run)")
     config = state["config"]
     try:
         model = dataclasses.replace(from_json(ModelConfig, config["model"]), norm="bn")
@@ -167,7 +179,7 @@ def checkpoint_backbone(state: dict[str, Any], path: Path) -> TrainedBackbone:
     return TrainedBackbone(
         network.eval(), model, views, source=path, folder=path.parent, name=path.parent.name, kind="checkpoint",
         config=config, epochs_done=state.get("epoch_done", 0), method=state["method_name"],
-        data=data, data_relative=(state.get("relative_paths") or {}).get("data"),
+        data=data, data_relative=(state.get("relative_paths") or {}).get("data"), role=role,
     )
 
 

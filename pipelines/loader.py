@@ -158,6 +158,9 @@ class Loader:
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.step = 0, 0
         self._eval_splits: dict[str, Split] = {self.info.train_split: parts[0]} if splits[0] == "train" else {}
+        for name in (self.info.train_split, self.info.eval_split):  # opened now: a damaged one fails before training
+            if name not in self._eval_splits:
+                self._eval_splits[name] = open_split(self.info, name, device)
 
     def __len__(self) -> int:
         return len(self.train) // self.batch_size

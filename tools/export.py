@@ -34,7 +34,11 @@ import tyro  # noqa: E402
 from fastssl.cli import fail, parse  # noqa: E402
 from fastssl.export import export  # noqa: E402
 from fastssl.run_folder import RunFolderError, checkpoint_in  # noqa: E402
-from fastssl.weights import CARD_FILE, CheckpointError  # noqa: E402
+from fastssl.weights import (  # noqa: E402
+    CARD_FILE,
+    CheckpointError,
+    Network,  # noqa: E402
+)
 
 PROGRAM = "export.py"
 
@@ -42,7 +46,8 @@ PROGRAM = "export.py"
 @dataclass(frozen=True)
 class ExportConfig:
     run: tyro.conf.Positional[Path]  # a run folder (runs/<name>) or its checkpoint.pt
-    out: Path | None = None  # folder for backbone.pt and model_card.json; default: <run folder>/export
+    out: Path | None = None  # folder for backbone.pt and model_card.json; default: <run folder>/export[-teacher]
+    network: Network = "student"  # the student's backbone, or the EMA teacher's (methods that have one)
 
 
 def what_it_is(card: dict[str, Any]) -> str:
@@ -60,16 +65,16 @@ def main(args: list[str] | None = None) -> dict:
         checkpoint = checkpoint_in(cfg.run)
     except RunFolderError as error:
         fail(PROGRAM, str(error))
-    out = cfg.out or checkpoint.parent / "export"
+    out = cfg.out or checkpoint.parent / ("export" if cfg.network == "student" else "export-teacher")
     if out.exists() and not out.is_dir():
         fail(PROGRAM, f"--out {out}: not a folder")
     try:
-        card = export(checkpoint, out)
+        card = export(checkpoint, out, cfg.network)
     except (CheckpointError, RunFolderError, ImportError) as error:
         fail(PROGRAM, str(error))
     except OSError as error:
         fail(PROGRAM, f"--out {out}: cannot write ({error})")
-    knn = card["knn"].get("student", {})
+    knn = card["knn"].get(cfg.network, {})
     accuracy = "" if knn.get("last") is None else f"; kNN last {knn['last']:.2f} % (best {knn['best']:.2f} %)"
     print(f"{card['method']} {card['architecture']} backbone: {what_it_is(card)}{accuracy}")
     print(f"  written: {out / card['weights']['file']}, {out / CARD_FILE}")

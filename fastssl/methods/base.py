@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar, cast
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.config import OptimConfig
+from fastssl.distributed import average_running_stats, gather, rank, world_size
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import Prototypes
@@ -158,14 +160,50 @@ class EMATeacher(nn.Module):
         """The projections of ``images`` (``views`` views stacked view-major); with
         ``shuffle_bn`` the images are shuffled within each view first, so the teacher's BN
         groups hold a different mix of images than the student's (MoCo's shuffling BN,
-        He et al. 2020, §3.3), and put back in order after."""
+        He et al. 2020, §3.3), and put back in order after.
+
+        The shuffle is of each view of the *global* batch, drawn from the device's global
+        generator (``set_seed`` seeds every process alike, and every process draws the
+        same numbers, so their generators stay in step): one process draws and runs
+        exactly what it always has; several run what one process holding the whole batch
+        would (``_shuffled_across_processes``)."""
         if not shuffle_bn:
             return self(images).projection
-        n = images.shape[0] // views
-        order = torch.argsort(torch.rand(views, n, device=images.device), dim=1)
-        order = (order + n * torch.arange(views, device=images.device)[:, None]).flatten()
+        world, n = world_size(), images.shape[0] // views
+        total = n * world  # images per view in the global batch
+        order = torch.argsort(torch.rand(views, total, device=images.device), dim=1)
+        order = (order + total * torch.arange(views, device=images.device)[:, None]).flatten()
+        if world > 1:
+            return self._shuffled_across_processes(images, views, order)
         shuffled = self(images[order]).projection
         return torch.empty_like(shuffled).index_copy_(0, order, shuffled)
+
+    def _shuffled_across_processes(self, images: Tensor, views: int, order: Tensor) -> Tensor:
+        """MoCo's ``batch_shuffle_ddp``/``batch_unshuffle_ddp`` for the global shuffle
+        ``order`` (positions into the global batch, view-major: the k-th shuffled image of
+        view v is global image ``order[v·total + k]``). Every process gathers every
+        process's images, takes its share of each view of the shuffled global batch
+        (shuffled positions rank·n … rank·n + n − 1, so its split-BN groups are the ones a
+        single process would form there), runs the teacher on them, gathers the
+        projections back and keeps those of its own images. Rank 0's order is broadcast,
+        so the processes shuffle alike even if their generators ever parted."""
+        world, me = world_size(), rank()
+        n = images.shape[0] // views
+        total = n * world
+        dist.broadcast(order, src=0)
+        memory_format = (torch.channels_last if images.dim() == 4 and not images.is_contiguous()
+                         and images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        everyone = gather(images)  # rank-major: rank r's rows are its V views of n images
+        # Global image v·total + r·n + i sits at row r·V·n + v·n + i of the gathered batch.
+        view, column = order // total, order % total
+        row_of = (column // n) * views * n + view * n + column % n
+        shares = order.view(views, world, n).transpose(0, 1)  # [r, v, i]: what process r runs
+        mine = row_of.view(views, world, n)[:, me].flatten()
+        shuffled = self(everyone[mine].contiguous(memory_format=memory_format)).projection
+        # Every process's projections, by the global position of the image each is of.
+        projections = torch.empty(views * total, shuffled.shape[1], dtype=shuffled.dtype, device=shuffled.device)
+        projections.index_copy_(0, shares.flatten(), gather(shuffled))
+        return projections.view(views, total, -1)[:, me * n : (me + 1) * n].flatten(0, 1)
 
 
 class Method(nn.Module):
@@ -206,9 +244,16 @@ class Method(nn.Module):
 
     def push_memories(self, output: MethodOutput) -> None:
         """Push ``output.enqueue`` into the memories it names, every process's embeddings
-        (the loop calls it after the optimiser step, before ``after_optimizer_step``)."""
+        (the loop calls it after the optimiser step, before ``after_optimizer_step``).
+
+        With several processes this also averages the running statistics of the BN layers
+        that stay per process (split-BN, student's and teacher's) over the processes, in
+        one all-reduce: averaged every step, they are the single-process statistics on
+        every process whenever they are read (evaluation, checkpoints;
+        ``distributed.average_running_stats``). One process: nothing more happens."""
         for name, embeddings in output.enqueue.items():
             cast(FeatureQueue, self.get_submodule(name)).push(embeddings)
+        average_running_stats(self)
 
     def encode_multi_crop(self, batch: ViewBatch) -> tuple[Encoded, Tensor]:
         """A ``PrototypeEncoder`` student on the global views and, when the batch has them,

@@ -1,4 +1,8 @@
-"""Projection and prediction heads (MLPs)."""
+"""Projection and prediction heads (MLPs).
+
+Their BN layers are plain ``BatchNorm1d``; in a run of several processes ``train.build``
+turns them (the teacher's copies too) into ``fastssl.distributed.SyncBatchNorm``, so each
+normalises over the global batch, as one process holding it does."""
 
 from __future__ import annotations
 

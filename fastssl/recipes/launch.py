@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastssl.cli import fail, parse
-from fastssl.config import BOOKKEEPING, ConfigError, TrainConfig, dotted, from_json, to_json
+from fastssl.config import BOOKKEEPING, ConfigError, TrainConfig, dotted, from_json, to_json, validate
 from fastssl.recipes import Recipe, UnknownRecipe, get
 from fastssl.run_folder import (
     CHECKPOINT,
@@ -42,7 +44,8 @@ from fastssl.run_folder import (
 )
 from fastssl.train import checkpoint
 from fastssl.train.build import RunError, build
-from fastssl.train.loop import Loop, standard_error_pct
+from fastssl.train.checkpoint import DamagedCheckpoint
+from fastssl.train.loop import Loop, Stopped, standard_error_pct
 from pipelines.dataset import DatasetError
 
 
@@ -66,6 +69,9 @@ def main(name: str, args: list[str] | None = None) -> dict[str, Any]:
         if "-h" in rest or "--help" in rest:
             print(help_preamble(recipe))
         return run(recipe, options, rest, program)
+    except Stopped as stop:  # by a signal, its checkpoint written
+        print(f"{program}: {stop}", file=sys.stderr)
+        raise SystemExit(stop.status) from None
     except (RunError, DatasetError, RunFolderError, ConfigError, UnknownRecipe, ValueError, ImportError) as error:
         fail(program, error)
 
@@ -99,10 +105,10 @@ def run(recipe: Recipe, options: argparse.Namespace, rest: list[str], program: s
         default = presets[options.preset or next(iter(presets))]
     cfg = parse(recipe.train_config, default, rest, program, description)
     if options.resume and resumed is None:  # the run named by --data, --run.name and --run.out-dir
-        path = run_dir_of(cfg, recipe.name) / CHECKPOINT
-        if not path.exists():
-            raise RunError(f"--resume: {path} does not exist")
-        resumed = resume_state(recipe, path, locate_data=False)  # --data names it
+        folder = run_dir_of(cfg, recipe.name)
+        if not any(folder.glob("checkpoint*.pt")):
+            raise RunError(f"--resume: {folder / CHECKPOINT} does not exist")
+        resumed = resume_state(recipe, checkpoint_in(folder), locate_data=False)  # --data names it
         cfg = parse(recipe.train_config, resumed.cfg, rest, program, description)  # unset options keep the run's
     if resumed is not None:  # the run stays where its folder is
         run_dir = resumed.run_dir
@@ -111,22 +117,56 @@ def run(recipe: Recipe, options: argparse.Namespace, rest: list[str], program: s
         changes = resumed_changes(resumed, cfg, options.resume_override)
     else:
         run_dir = run_dir_of(cfg, recipe.name)
-        if (run_dir / CHECKPOINT).exists():
+        if any(run_dir.glob("checkpoint*.pt")):
             raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, "
                            "or --run.name to start another")
         cfg = absolute_paths(cfg)
+    for warning in validate(cfg):
+        print(f"{program}: warning: {warning}", file=sys.stderr)
+    writable(run_dir)
+    if resumed is None:
+        set_aside_leftovers(run_dir)
     parts = build(recipe, cfg)
     loop = Loop(parts, run_dir, resume=None if resumed is None else resumed.state)
     if resumed is not None:
         loop.record_resume(changes, options.resume_override)
     if loop.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, recipe.name, cfg)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(run_dir, recipe.name, cfg)
+        except OSError as error:
+            raise RunError(f"{run_dir}: cannot write ({error.strerror or error})") from error
     summary = loop.fit()
     if loop.is_main:
         print(format_summary(summary))
         print(f"  run folder: {run_dir}")
     return json.loads(json.dumps(summary))
+
+
+def writable(run_dir: Path) -> None:
+    """``RunError`` unless the run folder is, or can be made, a writable folder: said before
+    any work, not after the first epoch."""
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"--run.out-dir: {existing} is a file, not a folder (the run would be {run_dir})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"--run.out-dir: {existing} is not writable (the run would be {run_dir})")
+
+
+def set_aside_leftovers(run_dir: Path) -> None:
+    """Move what a run that never wrote a checkpoint left in ``run_dir`` (its metrics, a
+    summary, its config.yaml) into ``run_dir/abandoned-<time>/``, so a new run starts its
+    records afresh and nothing is lost; say so in one line."""
+    leftovers = [p for p in run_dir.iterdir() if not p.name.startswith("abandoned-")] if run_dir.is_dir() else []
+    if not leftovers:
+        return
+    aside = run_dir / time.strftime("abandoned-%Y%m%d-%H%M%S")
+    aside.mkdir()
+    for path in leftovers:
+        path.rename(aside / path.name)
+    print(f"fastssl: {run_dir} held a run without a checkpoint: its files are now in {aside}", file=sys.stderr)
 
 
 def saved_config(recipe: Recipe, path: Path, locate_data: bool) -> TrainConfig:
@@ -171,8 +211,10 @@ def resume_state(recipe: Recipe, path: Path, locate_data: bool) -> Resumed:
     try:
         state = checkpoint.load(path)
         values, method = dict(state["config"]), state["method_name"]
-    except Exception as error:  # torch.load raises many kinds on foreign or damaged files
-        raise RunError(f"--resume: {path}: not a readable fastssl checkpoint ({type(error).__name__})") from error
+    except DamagedCheckpoint as error:
+        raise RunError(f"--resume: {error}") from error
+    except (KeyError, TypeError) as error:
+        raise RunError(f"--resume: {path}: not a fastssl checkpoint (no {error})") from error
     if method != recipe.name:
         raise RunError(f"--resume: {path} is a {method} run; resume it with recipes/{method}.py")
     if locate_data:
@@ -221,8 +263,10 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"{summary['method']} on {summary['data']}: {summary['epochs_done']} epochs"
-             + ("" if summary["finished"] else " (stopped early; --resume continues)")]
+    stopped = summary["stopped_at"]
+    where = "" if stopped is None else f", stopped in epoch {stopped['epoch']} at step {stopped['step']}"
+    lines = [f"{summary['method']} on {summary['data']}: {summary['epochs_done']} epochs done{where}"
+             + ("" if summary["finished"] else " (--resume continues)")]
     count = summary["knn_test_images"]
     for name, knn in summary["knn"].items():
         parts = []
@@ -235,9 +279,13 @@ def format_summary(summary: dict[str, Any]) -> str:
             gain = knn["last"] - knn["before_training"]
             se = standard_error_pct(knn["last"], count)
             parts.append(f"gain {gain:+.2f} = {gain / se:.1f} standard errors")
-        lines.append(f"  kNN {name:8s} % on {count} test images: " + ", ".join(parts))
+        lines.append(f"  kNN {name:8s} % on {count} test images: " + (", ".join(parts) or "not evaluated"))
     if summary["online_probe_test"] is not None:
-        lines.append(f"  online linear probe test %: {summary['online_probe_test']:.2f}")
+        lines.append(f"  online linear probe test %: {summary['online_probe_test']:.2f} "
+                     f"(at epoch {summary['online_probe_epoch']})")
+    if summary["final_loss"] is not None:
+        collapse = " — the embeddings COLLAPSED" if summary["collapse"] == "collapsed" else ""
+        lines.append(f"  final loss {summary['final_loss']:.4f}{collapse}")
     lines.append(
         f"  {summary['images_per_s']:.0f} images/s training, wall time {summary['wall_time_s']:.0f} s, "
         f"peak memory {summary['peak_memory_mib']:.0f} MiB ({summary['peak_memory_kind']}), "

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 
 from fastssl.config import TrainConfig
@@ -75,7 +77,12 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
         _make_deterministic()
     cuda = torch.cuda.is_available()
     precision = {"auto": "bf16" if cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.run.precision]
-    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+    # No broadcast of rank 0's buffers before each of the student's forward passes: every
+    # process's are equal already (synchronised BN layers compute the same statistics, and
+    # Method.push_memories averages split-BN's per-process ones every step, which is exact).
+    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda,
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    warn_if_one_of_several(accelerator.num_processes)
     set_seed(cfg.run.seed)
 
     def switch(value: bool | None) -> bool:  # a speed switch: None means on with CUDA
@@ -92,16 +99,21 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
     if m.norm == "sync_bn":
         backbone = convert_sync_bn(backbone)  # type: ignore[assignment]
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
-    method: Method = recipe.method(cfg.method, backbone).to(accelerator.device).to(memory_format=memory_format)
+    method: Method = recipe.method(cfg.method, backbone)
+    # With several processes every plain BN layer (heads, the teacher's copies, a `bn`
+    # backbone) sees the whole global batch, as in one process: SyncBatchNorm, in place.
+    # Split-BN layers stay per process (their fixed-size groups are one process's either way).
+    convert_sync_bn(method)
+    method = method.to(accelerator.device).to(memory_format=memory_format)
     if o.accumulate_steps > 1 and not method.accumulation_safe:
         raise RunError(
             f"--optim.accumulate-steps {o.accumulate_steps}: {recipe.name}'s loss depends on the whole "
             "batch (in-batch negatives, BN statistics or a queue), so accumulating gradients over "
             "smaller batches would train a different method; use more processes or a smaller --optim.batch-size"
         )
-    method.bind_student(accelerator.prepare_model(method.student))
+    method.bind_student(_prepare(accelerator, method.student))
     probe = OnlineProbe(backbone.feature_dim, info.num_classes).to(accelerator.device)
-    probe_call = accelerator.prepare_model(probe)
+    probe_call = _prepare(accelerator, probe)
     optimizer = build_optimizer(method.param_groups(o), o, fused=switch(cfg.run.fused_optimizer))
     compile_mode = None
     if switch(cfg.run.compile):
@@ -112,6 +124,26 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
     probe_optimizer = torch.optim.SGD(probe.parameters(), lr=o.probe_lr, momentum=0.9, weight_decay=0.0)
     return Parts(cfg, recipe.name, accelerator, info, loader, method, optimizer, probe, probe_call,
                  probe_optimizer, compile_mode)
+
+
+def _prepare(accelerator: Accelerator, module: nn.Module) -> nn.Module:
+    """``module`` through DDP when there are several processes (itself otherwise)."""
+    with warnings.catch_warnings():
+        # torch 2.14 renames broadcast_buffers forward_sync_buffers, which accelerate cannot pass
+        # yet; False also skips DDP's initial buffer broadcast, where every process's are equal.
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        return accelerator.prepare_model(module)
+
+
+def warn_if_one_of_several(processes: int) -> None:
+    """One line on stderr when a launcher meant several processes but this is the only one:
+    ``MASTER_ADDR``/``MASTER_PORT`` set without ``WORLD_SIZE`` is what accelerate's simple
+    launcher leaves (``accelerate launch --cpu --num_processes 2`` starts one process)."""
+    env = os.environ
+    if processes == 1 and "MASTER_ADDR" in env and "MASTER_PORT" in env and "WORLD_SIZE" not in env:
+        print("fastssl: warning: launched for several processes but running in one (MASTER_ADDR/MASTER_PORT "
+              "without WORLD_SIZE: accelerate's simple launcher); for several CPU processes run "
+              "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 …", file=sys.stderr, flush=True)
 
 
 def _make_deterministic() -> None:

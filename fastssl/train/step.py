@@ -13,10 +13,12 @@ import contextlib
 import dataclasses
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from fastssl.distributed import sum_over_processes, world_size
 from fastssl.eval.collapse import collapse_metrics
 from fastssl.methods.base import MethodOutput, Progress
 from fastssl.train.build import Parts
@@ -41,12 +43,31 @@ class Meter:
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def read(self) -> dict[str, float]:
-        if not self.sums:
-            return {}
+        return self.read_everywhere(None)[0]
+
+    def read_everywhere(self, stop: int | None) -> tuple[dict[str, float], int | None]:
+        """The means over the window and over every process, and the stop they agree on:
+        ``stop`` is this process's request (a signal's number, 0 for another reason, None
+        for none), the result what the processes that asked asked for (None: go on). One
+        all-reduce and one read for both, so processes agree on a stop step without a
+        collective in every step. Starts the next window."""
         names = list(self.sums)
-        values = torch.stack([self.sums[n] / self.counts[n] for n in names]).tolist()
+        device = next(iter(self.sums.values())).device if self.sums else torch.device("cpu")
+        means = [self.sums[n] / self.counts[n] for n in names]
+        request = torch.tensor([float(stop or 0), float(stop is not None)], device=device)
+        total = sum_over_processes(torch.cat([torch.stack(means), request]) if means else request)
+        values = (total[:-2] / world_size()).tolist()
+        code, asking = total[-2:].tolist()
         self.sums, self.counts = {}, {}
-        return dict(zip(names, values, strict=True))
+        return dict(zip(names, values, strict=True)), round(code / asking) if asking else None
+
+    def state(self) -> dict[str, Any]:
+        """The open window, for a checkpoint (read from the device once)."""
+        return {"sums": {n: float(v) for n, v in self.sums.items()}, "counts": dict(self.counts)}
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
+        self.sums = {n: torch.tensor(v, device=device) for n, v in state["sums"].items()}
+        self.counts = dict(state["counts"])
 
 
 def untimed(name: str) -> AbstractContextManager:

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from fastssl.recipes.launch import main as run_recipe
+from fastssl.train.checkpoint import save_checksummed
 from tests.conftest import make_tensor_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +118,7 @@ def test_resume_from_a_moved_run_folder_and_data_set(stopped, tiny_dataset, tmp_
     state = torch.load(moved / "runs" / "mine" / "checkpoint.pt", weights_only=False)
     state["config"]["data"] = str(tmp_path / "gone")
     state["relative_paths"]["data"] = "../../data"
-    torch.save(state, moved / "runs" / "mine" / "checkpoint.pt")
+    save_checksummed(state, moved / "runs" / "mine" / "checkpoint.pt")
     monkeypatch.chdir(tmp_path)
     again = run_recipe("mocov2", ["--resume-from", str(moved / "runs" / "mine"), "--optim.epochs", "3"])
     assert again["finished"] and again["data"] == str(moved / "data")
@@ -131,8 +132,10 @@ def test_a_checkpoint_of_the_earlier_format_resumes_from_its_file(stopped, tmp_p
     path = out / "mocov2-tiny" / "checkpoint.pt"
     state = torch.load(path, weights_only=False)
     state["config"]["resume"] = False  # a setting until 2026-12
-    del state["data_meta_sha256"], state["relative_paths"]
+    for key in ("data_meta_sha256", "relative_paths", "window", "metrics_lines", "last_train", "best"):
+        del state[key]
     torch.save(state, path)
+    path.with_name("checkpoint.pt.sha256").unlink()  # no checksums then
     summary = run_recipe("mocov2", ["--resume-from", str(path)])  # a checkpoint file names its run folder
     assert summary["finished"] and summary["epochs_done"] == 2
 
@@ -142,7 +145,7 @@ def test_a_data_set_moved_on_its_own_is_named_again_with_data(stopped, tiny_data
     moved = shutil.copytree(tiny_dataset, tmp_path / "moved" / "tiny")
     state = torch.load(out / "mocov2-tiny" / "checkpoint.pt", weights_only=False)
     state["config"]["data"] = str(tmp_path / "was-here")  # as if the data set had left its old place
-    torch.save(state, out / "mocov2-tiny" / "checkpoint.pt")
+    save_checksummed(state, out / "mocov2-tiny" / "checkpoint.pt")
     summary = run_recipe("mocov2", ["--resume-from", str(out / "mocov2-tiny"), "--data", str(moved)])
     assert summary["finished"] and summary["data"] == str(moved)
     assert summary["resumes"][0]["changes"] == {}  # the same data set (its meta.json), found anew

@@ -619,16 +619,17 @@ def test_interrupted_process_leaves_nothing(tmp_path, signum):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not list(parent.glob(".out.partial-*/train")) and time.monotonic() < deadline:
+        # Wait on the condition however loaded the machine is (a fixed timeout failed CI).
+        while not list(parent.glob(".out.partial-*/train")):
+            assert process.poll() is None, process.communicate()
             time.sleep(0.05)
-        time.sleep(0.3)
+        time.sleep(0.3)  # let the workers reach the FIFO; the outcome is the same if they have not
         assert process.poll() is None, process.communicate()
         if signum == "SIGINT":
             os.killpg(process.pid, signal.SIGINT)
         else:
             process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -140,3 +140,26 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("export.py: error:") and "\n" not in err and expected in err, (args, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_ema_teacher_exports_too(run_dir, tmp_path, monkeypatch):
+    card = tool.main([str(run_dir), "--network", "teacher"])
+    out = run_dir / "export-teacher"
+    assert card["network"] == "teacher" and (out / "backbone.pt").exists()
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)["method"]
+    prefix = "teacher.network.backbone."
+    exported = torch.load(out / "backbone.pt", weights_only=True)
+    for name, value in exported.items():
+        torch.testing.assert_close(value, state[prefix + name], rtol=0, atol=0)
+    assert any(not torch.equal(state[prefix + n], state["student.backbone." + n]) for n in exported)  # not the student
+
+
+def test_a_method_without_a_teacher_says_so(tiny_dataset, tmp_path, capsys):
+    from fastssl.recipes.launch import main as run_recipe
+
+    run_recipe("simclr", ["--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), "--model.width", "8",
+                          "--model.bn-splits", "2", "--optim.batch-size", "16", "--optim.epochs", "1",
+                          "--run.no-progress-bar", "--run.no-knn-before-training", "--run.eval-batch-size", "32"])
+    with pytest.raises(SystemExit) as exit_:
+        tool.main([str(tmp_path / "simclr-tiny"), "--network", "teacher"])
+    assert exit_.value.code == 2 and "holds no teacher backbone" in capsys.readouterr().err
