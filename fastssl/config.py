@@ -91,7 +91,9 @@ class RunConfig:
     cuda_graphs: bool | None = None  # with compile: capture the networks as CUDA graphs (None: on with CUDA)
     fused_optimizer: bool | None = None  # torch's fused SGD/AdamW kernels (None: on with CUDA)
     fused_views: bool | None = None  # all augmentations of ≤ 64 px views in one Triton launch (None: on with CUDA)
-    tensorboard: bool = False  # also log metrics as TensorBoard scalars (the [report] extra)
+    trackers: tuple[Literal["tensorboard", "wandb", "mlflow", "aim"], ...] = ()
+    """Experiment trackers that also get the metrics, through accelerate's tracker API (W&B offline with
+    WANDB_MODE=offline); each needs its package installed."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ BOOKKEEPING = frozenset(f"run.{name}" for name in (
     "name", "out_dir", "knn_every_epochs", "knn_k", "knn_temperature", "knn_before_training", "eval_batch_size",
     "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "best_network", "stop_signals",
     "stop_after_steps", "stop_after_minutes", "progress_bar",
-    "tensorboard", "channels_last", "compile", "cuda_graphs", "fused_optimizer", "fused_views",
+    "trackers", "channels_last", "compile", "cuda_graphs", "fused_optimizer", "fused_views",
 ))
 
 

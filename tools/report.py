@@ -58,8 +58,8 @@ from fastssl.export import write_text_atomic  # noqa: E402
 from fastssl.train.checkpoint import write_atomic  # noqa: E402
 
 # Settings that do not change what is trained: runs differing only in these (and the seed)
-# pool (``resume`` was a setting in summaries written before 2026-12).
-NOT_THE_EXPERIMENT = BOOKKEEPING | {"run.seed", "resume"}
+# pool (``resume`` and ``run.tensorboard`` were settings in summaries written before 2026-12).
+NOT_THE_EXPERIMENT = BOOKKEEPING | {"run.seed", "resume", "run.tensorboard"}
 
 
 @dataclass(frozen=True)

@@ -178,12 +178,18 @@ def saved_config(recipe: Recipe, path: Path, locate_data: bool) -> TrainConfig:
     return for_this_call(stored_config(recipe, record["config"], f"--config {path}"))
 
 
-# Settings earlier versions stored that are no longer settings (``resume`` became --resume).
-RETIRED = ("resume",)
+# Settings earlier versions stored that are no longer settings: ``resume`` became --resume,
+# ``run.tensorboard`` became ``run.trackers``.
+RETIRED = (("resume",), ("run", "tensorboard"))
 
 
 def stored_config(recipe: Recipe, values: dict[str, Any], where: str) -> TrainConfig:
-    values = {key: value for key, value in values.items() if key not in RETIRED}
+    values = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
+    for *parents, name in RETIRED:
+        settings = values
+        for parent in parents:
+            settings = settings.get(parent, {})
+        settings.pop(name, None)
     try:
         return from_json(recipe.views.config, values, method=recipe.config)
     except (ConfigError, TypeError) as error:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch import nn
 
 from fastssl.config import TrainConfig
@@ -23,6 +23,7 @@ from fastssl.eval.online import OnlineProbe
 from fastssl.methods.base import Method
 from fastssl.models.backbone import backbone_from_config
 from fastssl.models.norm import split_bn_group_size
+from fastssl.run_folder import run_dir_of
 from fastssl.train.optim import build_optimizer
 from pipelines.dataset import DatasetInfo, read_info
 from pipelines.loader import Loader
@@ -70,8 +71,9 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
     same configuration builds the same initial weights and views."""
     if not cfg.data.exists():
         raise RunError(f"--data {cfg.data}: no such directory")
-    if cfg.run.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise RunError("--run.tensorboard needs the tensorboard package: pip install -e '.[report]'")
+    for tracker in cfg.run.trackers:
+        if importlib.util.find_spec(tracker) is None:
+            raise RunError(f"--run.trackers {tracker}: the {tracker} package is not installed (pip install {tracker})")
     info = read_info(cfg.data)
     if cfg.run.deterministic:
         _make_deterministic()
@@ -80,7 +82,10 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
     # No broadcast of rank 0's buffers before each of the student's forward passes: every
     # process's are equal already (synchronised BN layers compute the same statistics, and
     # Method.push_memories averages split-BN's per-process ones every step, which is exact).
-    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda,
+    trackers = run_dir_of(cfg, recipe.name) / "trackers"  # where file-based trackers write
+    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda, log_with=list(cfg.run.trackers) or None,
+                              project_config=ProjectConfiguration(project_dir=str(trackers.parent),
+                                                                  logging_dir=str(trackers)),
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     warn_if_one_of_several(accelerator.num_processes)
     set_seed(cfg.run.seed)

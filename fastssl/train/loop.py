@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from fastssl.config import to_json
+from fastssl.config import dotted, to_json
 from fastssl.eval.knn import extract_features, knn_accuracy
 from fastssl.methods.base import Progress
 from fastssl.run_folder import CHECKPOINT, METRICS, SUMMARY, data_fingerprint, relative_paths
@@ -95,6 +95,7 @@ class Loop:
         self.metrics_lines = 0  # records in metrics.jsonl
         self.last_train: dict[str, Any] = {}  # the last logged window
         self.window = Window()
+        self.tracking = False  # the trackers have been started
         self.best: dict[str, Any] | None = None  # {"knn": …, "epoch": …} of best.pt
         self.data_meta_sha256 = data_fingerprint(self.cfg.data)  # the data set, wherever it moves
         if resume is not None:
@@ -223,20 +224,21 @@ class Loop:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with self._writing(self.run_dir / METRICS), open(self.run_dir / METRICS, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if self.cfg.run.tensorboard:
-                self._tensorboard(record)
+        if self.cfg.run.trackers and record["kind"] in ("train", "eval"):
+            self._track(record)
 
-    def _tensorboard(self, record: dict[str, Any]) -> None:
-        """The same record as TensorBoard scalars (``kind/name`` against the global step)."""
-        if not hasattr(self, "_writer"):
-            from torch.utils.tensorboard import SummaryWriter  # the [report] extra, checked by build
-
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+    def _track(self, record: dict[str, Any]) -> None:
+        """The record's numbers to the run's trackers (``kind/name`` against the global step;
+        accelerate logs on the main process only)."""
+        acc = self.parts.accelerator
+        if not self.tracking:
+            settings = {k: v if isinstance(v, int | float | str | bool) else str(v)
+                        for k, v in dotted(to_json(self.cfg)).items()}
+            acc.init_trackers(self.run_dir.name, config=settings, init_kwargs={"wandb": {"dir": str(self.run_dir)}})
+            self.tracking = True
         step = record["epoch"] * self.parts.steps_per_epoch + record.get("step", 0)
-        for name, value in record.items():
-            if name not in ("kind", "epoch", "step") and isinstance(value, int | float):
-                self._writer.add_scalar(f"{record['kind']}/{name}", value, step)
-        self._writer.flush()
+        acc.log({f"{record['kind']}/{k}": v for k, v in record.items()
+                 if k not in ("kind", "epoch", "step") and isinstance(v, int | float)}, step=step)
 
     # --- evaluation -------------------------------------------------------------------
 
@@ -271,7 +273,11 @@ class Loop:
         """Train to ``optim.epochs`` or until a stop option or a signal says stop; the
         summary. A signal ends it with ``Stopped`` once the step's checkpoint is written."""
         with StopSignals(self.cfg.run.stop_signals) as signals:
-            summary = self._epochs(signals)
+            try:
+                summary = self._epochs(signals)
+            finally:
+                if self.tracking:
+                    self.parts.accelerator.end_training()  # the trackers flush and close
             if signals.received is not None:
                 path = self.run_dir / CHECKPOINT
                 signals.hand_over()  # submitit's requeue, when it installed a handler first

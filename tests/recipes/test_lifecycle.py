@@ -131,7 +131,9 @@ def test_a_checkpoint_of_the_earlier_format_resumes_from_its_file(stopped, tmp_p
     out = fresh_copy(stopped, tmp_path)
     path = out / "mocov2-tiny" / "checkpoint.pt"
     state = torch.load(path, weights_only=False)
-    state["config"]["resume"] = False  # a setting until 2026-12
+    state["config"]["resume"] = False  # settings until 2026-12
+    state["config"]["run"]["tensorboard"] = False
+    del state["config"]["run"]["trackers"]
     for key in ("data_meta_sha256", "relative_paths", "window", "metrics_lines", "last_train", "best"):
         del state[key]
     torch.save(state, path)

@@ -90,14 +90,14 @@ def test_lars_vit_deterministic_tensorboard_and_collapse_metrics(tiny_dataset, t
         "--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), "--optim.batch-size", "16",
         "--run.eval-batch-size", "32", "--run.no-progress-bar", "--run.log-every-steps", "2",
         "--model.arch", "vit_tiny", "--optim.optimizer", "lars", "--optim.epochs", "1",
-        "--run.stop-after-steps", "2", "--run.deterministic", "--run.tensorboard",
+        "--run.stop-after-steps", "2", "--run.deterministic", "--run.trackers", "tensorboard",
     ])
     run_dir = tmp_path / "simclr-tiny"
     train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in train if r["kind"] == "train"]
     assert len(train) == 1 and train[0]["loss"] > 0
     assert 0 < train[0]["embedding_std"] and 1 <= train[0]["effective_rank"] <= 16
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "trackers").glob("**/events.out.tfevents.*"))
     assert summary["config"]["model"]["arch"] == "vit_tiny"
     torch.use_deterministic_algorithms(False)
 
