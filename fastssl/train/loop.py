@@ -30,7 +30,7 @@ from fastssl.methods.base import Progress
 from fastssl.run_folder import CHECKPOINT, METRICS, SUMMARY, data_fingerprint, relative_paths
 from fastssl.train import checkpoint
 from fastssl.train.build import Parts, RunError
-from fastssl.train.signals import StopSignals, exit_status
+from fastssl.train.signals import StopSignals, exit_status, honoured
 from fastssl.train.step import Meter, train_step
 
 
@@ -272,7 +272,7 @@ class Loop:
     def fit(self) -> dict[str, Any]:
         """Train to ``optim.epochs`` or until a stop option or a signal says stop; the
         summary. A signal ends it with ``Stopped`` once the step's checkpoint is written."""
-        with StopSignals(self.cfg.run.stop_signals) as signals:
+        with StopSignals(honoured(self.cfg.run.stop_signals)) as signals:
             try:
                 summary = self._epochs(signals)
             finally:

@@ -7,7 +7,8 @@ that step, prints where it stopped and how to resume, and exits with the shell's
 convention for a death by that signal, 128 + its number (SIGINT 130, SIGTERM 143, SIGUSR2
 140). A second signal, while the first is being honoured, exits at once by the default
 action. A handler that was installed before the run's (submitit's requeue) is called after
-the checkpoint is written, so it can requeue the job from it.
+the checkpoint is written, so it can requeue the job from it; inside a submitit job the run
+leaves SIGTERM to submitit (``honoured``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ class StopSignals:
         previous = self._previous.get(self.received) if self.received is not None else None
         if callable(previous) and previous is not signal.default_int_handler:
             previous(self.received, None)  # type: ignore[arg-type]
+
+
+def honoured(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The signals a run stops on: ``names``, less SIGTERM inside a submitit job (submitit
+    exports ``SUBMITIT_EXECUTOR``), whose own handler lets SIGTERM pass so that SLURM's
+    SIGTERM at preemption does not end a job that SIGUSR2 is about to requeue."""
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        return tuple(name for name in names if name != "SIGTERM")
+    return names
 
 
 def exit_status(number: int) -> int:

@@ -16,7 +16,7 @@ import torch
 
 from fastssl.recipes.launch import main as run_recipe
 from fastssl.train.checkpoint import newest_intact
-from fastssl.train.signals import StopSignals
+from fastssl.train.signals import StopSignals, honoured
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--model.width", "8", "--model.bn-splits", "2", "--optim.batch-size", "16", "--method.queue-size", "32",
@@ -92,6 +92,12 @@ def test_a_second_signal_exits_at_once(monkeypatch):
         assert signals.received == signal.SIGUSR1 and not killed
         signal.raise_signal(signal.SIGUSR1)  # now the default action, sent again
         assert killed == [signal.SIGUSR1] and signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_inside_a_submitit_job_sigterm_is_left_to_submitit(monkeypatch):
+    assert "SIGTERM" in honoured(("SIGTERM", "SIGUSR2"))
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert honoured(("SIGTERM", "SIGUSR2")) == ("SIGUSR2",)
 
 
 def test_the_handler_installed_before_takes_over_after_the_checkpoint(tiny_dataset, tmp_path):
