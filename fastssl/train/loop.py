@@ -337,6 +337,9 @@ class Loop:
             final = self.epoch_done == cfg.optim.epochs
             if final or self.epoch_done % run.knn_every_epochs == 0:
                 self.evaluate(self.epoch_done)
+            # A signal during the evaluation: one process stops at this epoch's checkpoint
+            # (several agree at the next logging boundary, one step later).
+            stopped = stopped or (single and signals.received is not None)
             if self.is_main:
                 tqdm.write(self._epoch_line(epoch))
             if final or stopped or self.epoch_done % run.checkpoint_every_epochs == 0:

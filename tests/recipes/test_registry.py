@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fastssl.config import ConfigError, from_json, to_json
+from fastssl.config import ConfigError, from_json, to_json, validate
 from fastssl.recipes import UnknownRecipe, get, names
 from fastssl.recipes.defaults import DATA_SETS
 from fastssl.recipes.launch import main as run_recipe
@@ -35,6 +35,13 @@ def test_presets_start_with_the_data_sets_and_survive_their_json_form(name):
     for cfg in presets.values():
         cfg = cfg.__class__(**{**cfg.__dict__, "data": Path("/data/x")})
         assert from_json(recipe.views.config, to_json(cfg), method=recipe.config) == cfg
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_preset_passes_validation_without_a_warning(name):
+    """A declared preset that the launcher would refuse (or warn about) is a recipe bug."""
+    for preset, cfg in get(name).presets.items():
+        assert validate(cfg) == [], preset
 
 
 def test_stored_settings_that_do_not_fit_are_named():

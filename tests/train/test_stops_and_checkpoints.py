@@ -125,6 +125,28 @@ def test_the_handler_installed_before_takes_over_after_the_checkpoint(tiny_datas
     assert exit_.value.code == 128 + signal.SIGUSR2 and seen == [(signal.SIGUSR2, True)]
 
 
+def test_a_signal_during_an_evaluation_stops_at_that_epochs_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    """Ctrl-C while the kNN of epoch 1 runs: the run takes no step of epoch 2."""
+    from fastssl.train.loop import Loop
+
+    evaluate = Loop.evaluate
+
+    def interrupted(self, epoch):
+        if epoch == 1:
+            signal.raise_signal(signal.SIGINT)
+        return evaluate(self, epoch)
+
+    monkeypatch.setattr(Loop, "evaluate", interrupted)
+    run_dir = tmp_path / "mocov2-tiny"
+    with pytest.raises(SystemExit) as exit_:
+        run_recipe("mocov2", ["--data", str(tiny_dataset), "--run.out-dir", str(tmp_path), *TINY,
+                              "--optim.epochs", "3", "--run.log-every-steps", "2"])
+    assert exit_.value.code == 130
+    loader = torch.load(run_dir / "checkpoint.pt", weights_only=False)["loader"]
+    assert (loader["epoch"], loader["step"]) == (0, 4)
+    assert {r["epoch"] for r in records(run_dir)} == {0}
+
+
 def test_a_killed_run_resumes_without_repeating_or_losing_a_step(straight, tiny_dataset, tmp_path):
     run_dir = tmp_path / "mocov2-tiny"
     process = launch(tiny_dataset, tmp_path, "--run.log-every-steps", "1")
