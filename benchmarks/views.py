@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastssl.cli import fail, parse  # noqa: E402
 from pipelines.dataset import DatasetError, read_info  # noqa: E402
+from pipelines.formats.tensor import read_split  # noqa: E402
 from pipelines.reference import PilTwoViews  # noqa: E402
 from pipelines.spec import ViewConfig  # noqa: E402
-from pipelines.tensor import read_split  # noqa: E402
 from pipelines.views import two_views  # noqa: E402
 
 PROGRAM = "views.py"

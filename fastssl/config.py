@@ -102,6 +102,11 @@ class TrainConfig(Generic[M]):
 
     data: Path  # a data set converted by tools/convert.py
     method: M  # the method's own settings
+    data_verify: Literal["full", "quick", "off"] = "quick"
+    """Check --data against meta.json before training: full: every file's sha256; quick: every file's size,
+    the .npy headers' shape and dtype, and 16 blocks of 64 KiB per file spread evenly from the first byte to
+    the last (not what lies between them); off: nothing. A pass is remembered in $FASTSSL_CACHE_DIR
+    (default ~/.cache/fastssl) until a file's size, mtime or inode changes."""
     train_splits: tuple[str, ...] = ("train",)
     """Splits trained on, concatenated (STL-10: train and unlabeled); the kNN bank is "train"."""
     views: ViewConfig = field(default_factory=ViewConfig)
@@ -170,7 +175,7 @@ BOOKKEEPING = frozenset(f"run.{name}" for name in (
     "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "best_network", "stop_signals",
     "stop_after_steps", "stop_after_minutes", "progress_bar",
     "trackers", "channels_last", "compile", "cuda_graphs", "fused_optimizer", "fused_views",
-))
+)) | {"data_verify"}
 
 
 def validate(cfg: TrainConfig) -> list[str]:

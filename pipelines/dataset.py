@@ -20,10 +20,11 @@ class DatasetError(Exception):
 class DatasetInfo:
     root: Path
     format: str
-    classes: list[str]
+    classes: list[str]  # the class ids (folder names)
     image_size: tuple[int, int]  # height, width
     splits: dict[str, dict[str, Any]]  # name → {"count", "sha256", ...}
     source: str
+    class_names: list[str]  # what plots and reports call each class (the ids where none was known)
 
     @property
     def train_split(self) -> str:
@@ -55,6 +56,7 @@ def read_info(root: Path) -> DatasetInfo:
             image_size=tuple(meta["image_size"]),
             splits=meta["splits"],
             source=meta["source"],
+            class_names=list(meta.get("class_names", meta["classes"])),  # none before issue 13
         )
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DatasetError(f"{meta_path}: unreadable metadata ({error})") from error

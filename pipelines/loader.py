@@ -8,7 +8,7 @@ the same steps, and a checkpoint taken after step s resumes at s+1 with the same
 
 from __future__ import annotations
 
-import importlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -19,17 +19,9 @@ from torch import Tensor
 
 from pipelines.augment import CropParams, Normalize, RandomResizedCrop
 from pipelines.batch import ViewBatch
-from pipelines.dataset import DatasetError, DatasetInfo, read_info
+from pipelines.dataset import DatasetError, read_info
+from pipelines.formats import open_split
 from pipelines.views import ViewRecipe
-
-# format name → "module:class" of its Split, imported only when used (optional backends).
-SPLIT_READERS = {
-    "tensor": "pipelines.tensor:TensorSplit",
-    "jpeg": "pipelines.jpeg:JpegSplit",
-    "ffcv": "pipelines.ffcv:FfcvSplit",
-    "dali": "pipelines.dali:DaliSplit",
-}
-EXTRAS = {"ffcv": "ffcv", "dali": "dali"}  # formats whose backend is an optional extra
 
 
 class Split(Protocol):
@@ -51,28 +43,6 @@ def stream(split: Split, batches: list[Tensor]) -> Iterator[Tensor]:
     once), else one ``fetch`` per batch."""
     own = getattr(split, "stream", None)
     return own(batches) if own is not None else map(split.fetch, batches)
-
-
-def open_split(info: DatasetInfo, split: str, device: torch.device) -> Split:
-    if info.format not in SPLIT_READERS:
-        raise DatasetError(f"{info.root}: unknown format '{info.format}' ({', '.join(SPLIT_READERS)})")
-    return load_backend(SPLIT_READERS[info.format], info.format)(info, split, device)
-
-
-def load_backend(target: str, format_name: str):
-    """Import a format's backend, ``module`` or ``module:attribute``, naming the extra
-    that provides it when its library is missing."""
-    module, _, name = target.partition(":")
-    try:
-        imported = importlib.import_module(module)
-        return getattr(imported, name) if name else imported
-    except ImportError as error:
-        if format_name in EXTRAS:
-            raise DatasetError(
-                f"the {format_name} format needs the [{EXTRAS[format_name]}] extra: "
-                f"pip install -e '.[{EXTRAS[format_name]}]' ({error})"
-            ) from error
-        raise
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
@@ -147,6 +117,17 @@ class Loader:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
         self.recipe, self.batch_size, self.device = recipe, batch_size, device
         self.seed, self.rank, self.world = seed, rank, world
+        # Views larger than the stored images are upsampled crops (a preset for larger images,
+        # e.g. imagenette-128 on data converted at 64 px): it trains, but not on what the preset
+        # means. Once per process (warnings' registry) and only on rank 0.
+        shorter = min(self.info.image_size)
+        larger = {name: group.config.size for name, group in recipe.groups.items() if group.config.size > shorter}
+        if larger and rank == 0:
+            sizes = ", ".join(f"{name} {size} px" for name, size in larger.items())
+            height, width = self.info.image_size
+            warnings.warn(f"{root}: views ({sizes}) larger than the stored {height}×{width} images: training on "
+                          "upsampled views (convert the data at the preset's size, or choose a preset for it)",
+                          stacklevel=1)
         for name in splits:
             if name not in self.info.splits:
                 raise DatasetError(f"{root}: no split '{name}' to train on (has {', '.join(self.info.splits)})")

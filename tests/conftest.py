@@ -1,16 +1,27 @@
 import json
 import os
+from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# oneDNN's AVX2 kernel for the weight gradient of 1×1 convolutions (torch 2.14.1) corrupts
+# memory on CPUs without AVX-512: with one thread the tiny ResNets of tests/methods crash
+# every time, with two they hang now and then (a py-spy dump shows
+# jit_avx2_1x1_convolution_bwd_weights_t spinning). Its SSE4.1 kernel is sound and gives
+# the recorded golden values. Set before the first convolution: oneDNN reads it once.
+_cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+if "avx2" in _cpu_flags and "avx512f" not in _cpu_flags:
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "SSE41")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Without a GPU the Triton kernels run in Triton's interpreter (set before any kernel is
 # defined: tests/kernels compares them with their PyTorch references at tiny sizes).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from pipelines.tensor import write_split
+from pipelines.formats.tensor import write_arrays  # noqa: E402
+from pipelines.verify import fingerprint  # noqa: E402
 
 
 def make_tensor_dataset(root, train=64, test=24, classes=4, size=32, seed=0):
@@ -21,11 +32,20 @@ def make_tensor_dataset(root, train=64, test=24, classes=4, size=32, seed=0):
         labels = np.arange(count) % classes
         images = rng.integers(0, 120, (count, size, size, 3), dtype=np.uint8)
         images[np.arange(count), :, :, labels % 3] += 100
-        splits[split] = write_split(root / split, images, labels, [f"{split}/{i}" for i in range(count)])
+        splits[split] = write_arrays(root / split, images, labels, [f"{split}/{i}" for i in range(count)])
+        splits[split].update(fingerprint(root / split, splits[split]["sha256"]))  # as tools/convert.py records
     meta = {"format": "tensor", "version": 1, "source": "synthetic", "classes": [str(c) for c in range(classes)],
             "image_size": [size, size], "splits": splits}
     (root / "meta.json").write_text(json.dumps(meta))
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_outside_home(tmp_path_factory):
+    """Verified data sets are remembered in $FASTSSL_CACHE_DIR: the tests' own, never the
+    user's (subprocesses inherit it). Not XDG_CACHE_HOME: other libraries keep their caches
+    there, and an empty one makes them rebuild (minutes on CI)."""
+    os.environ["FASTSSL_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ them exactly with what was stored.
 
 from __future__ import annotations
 
+import errno
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -28,20 +28,21 @@ from typing import Annotated, Any, Literal
 # otherwise shadow the standard library's ``profile`` module (imported by torch).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import numpy as np  # noqa: E402
 import tyro  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
+from conversion.class_names import class_names, read_names_file  # noqa: E402
+from conversion.decode import UnreadableImages  # noqa: E402
+from conversion.findings import findings, leftover_warnings, stored_samples, summary_parts  # noqa: E402
+from conversion.options import WHITE, WriteOptions  # noqa: E402
+from conversion.sources import SourceError, duplicates_across_splits, read_source  # noqa: E402
+from conversion.space import check_free_space, in_units, needed_bytes  # noqa: E402
 from fastssl.cli import fail, parse  # noqa: E402
 from pipelines.dataset import FORMAT_VERSION, META_FILE, DatasetError  # noqa: E402
-from pipelines.loader import load_backend  # noqa: E402
-from pipelines.sources import Sample, SourceError, decode, read_source  # noqa: E402
-from pipelines.tensor import write_split  # noqa: E402
+from pipelines.formats import format_named  # noqa: E402
+from pipelines.formats.tensor import size_mismatch  # noqa: E402
+from pipelines.verify import fingerprint  # noqa: E402
 
 PROGRAM = "convert.py"
-# Packaging formats: each module has write_split(folder, samples, cfg) → (meta entry,
-# largest (height, width)) and round_trip_check(samples, folder, cfg) → images checked.
-WRITERS = {"jpeg": "pipelines.jpeg", "ffcv": "pipelines.ffcv", "dali": "pipelines.dali"}
 
 
 @dataclass(frozen=True)
@@ -58,102 +59,16 @@ class ConvertConfig:
     max_resolution: int | None = None  # ffcv only: longer side capped at this many pixels, aspect kept
     check: int = 256  # images per split re-decoded and compared exactly; 0 skips
     workers: int = os.cpu_count() or 1  # decoding processes
+    # transparent pixels are composited on this colour: white, black or R,G,B (0–255 each)
+    alpha_background: str = "white"
+    skip_bad: bool = False  # leave out the images that cannot be decoded (listed in meta.json) instead of failing
     overwrite: bool = False  # replace OUT if it exists
-
-
-# Decoding runs in forked workers that inherit the samples instead of pickling them.
-_JOB: tuple[dict[str, list[Sample]], int | None, Path] | None = None
-CHUNK = 256  # images per task: small enough to balance, large enough to amortise IPC
-
-
-def _worker_init() -> None:
-    # Ctrl-C reaches the whole process group: only the parent handles it (and cleans up);
-    # the pool stops its workers with SIGTERM, which must keep its default action.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _size_error(origin: Path, sample: Sample, shape: tuple, first: Sample, first_shape: tuple) -> str:
-    return (
-        f"{origin}: {sample.path} is {shape[0]}×{shape[1]} but {first.path} is "
-        f"{first_shape[0]}×{first_shape[1]}; pass --size to resize every image"
-    )
-
-
-def _decode_range(task: tuple[str, int, int]) -> np.ndarray | str:
-    """Decoded images ``start:stop`` of a split, or the one-line error for the first failure."""
-    splits, size, origin = _JOB  # type: ignore[misc]
-    split, start, stop = task
-    samples = splits[split]
-    images: list[np.ndarray] = []
-    for i in range(start, stop):
-        try:
-            image = decode(samples[i], size, origin)
-        except SourceError as error:
-            return str(error)
-        except Exception as error:  # noqa: BLE001 (anything else also names the file)
-            return f"{origin}: cannot decode {samples[i].path} ({error})"
-        if images and image.shape != images[0].shape:
-            return _size_error(origin, samples[i], image.shape, samples[start], images[0].shape)
-        images.append(image)
-    return np.stack(images)
-
-
-def decode_all(
-    pool, samples: list[Sample], cfg: ConvertConfig, split: str, folder: Path, first: tuple | None
-) -> tuple[int, int]:
-    """Decode a split straight into ``folder/images.npy`` (memory-mapped, so a data set
-    larger than memory converts); returns its image size (height, width).
-
-    ``first`` is (sample, shape) of another split's first image, whose size this one must match."""
-    if not samples:
-        raise SourceError(f"{cfg.source}: split '{split}' has no images")
-    tasks = [(split, i, min(i + CHUNK, len(samples))) for i in range(0, len(samples), CHUNK)]
-    folder.mkdir(parents=True)
-    images = None
-    # A bar on terminals only: in a log or a pipe it would be noise around the result line.
-    with tqdm(total=len(samples), desc=f"decode {split}", unit="img", leave=False, disable=None) as bar:
-        for (_, start, stop), part in zip(tasks, pool.imap(_decode_range, tasks), strict=True):
-            if isinstance(part, str):
-                raise SourceError(part)
-            if images is None:
-                if first is not None and part.shape[1:] != first[1]:
-                    raise SourceError(_size_error(cfg.source, samples[0], part.shape[1:], *first))
-                first = (samples[0], part.shape[1:])
-                images = np.lib.format.open_memmap(
-                    folder / "images.npy", mode="w+", dtype=np.uint8, shape=(len(samples), *part.shape[1:])
-                )
-            elif part.shape[1:] != images.shape[1:]:
-                assert first is not None  # set with images
-                raise SourceError(_size_error(cfg.source, samples[start], part.shape[1:], *first))
-            images[start:stop] = part
-            bar.update(stop - start)
-    assert images is not None and first is not None  # samples is not empty: the first part set both
-    images.flush()
-    del images
-    return first[1][:2]
-
-
-def round_trip_check(samples: list[Sample], cfg: ConvertConfig, folder: Path) -> int:
-    """Re-decode a random sample of source images and compare with the stored pixels and
-    labels; returns how many were checked."""
-    stored = np.load(folder / "images.npy", mmap_mode="r")
-    labels = np.load(folder / "labels.npy")
-    if len(stored) != len(samples) or len(labels) != len(samples):
-        raise SourceError(
-            f"round-trip check failed: {folder} holds {len(stored)} images, expected {len(samples)}"
-        )
-    count = min(cfg.check, len(samples))
-    for i in np.random.default_rng(0).choice(len(samples), count, replace=False):
-        again = decode(samples[i], cfg.size, cfg.source)
-        if not np.array_equal(again, stored[i]) or labels[i] != samples[i].label:
-            raise SourceError(f"{cfg.source}: round-trip check failed on {samples[i].path}")
-    return count
+    # "<class folder> <name>" per line: names for plots and reports (else the source's own,
+    # Imagenette's and ImageWoof's built in, or the folder names)
+    class_names: Path | None = None
 
 
 def _validate(cfg: ConvertConfig) -> None:
-    if cfg.format == "jpeg" and cfg.size is not None:
-        raise SourceError("--size: the jpeg format keeps the source bytes, so it cannot resize")
     ffcv_options = cfg.ffcv_write_mode != "raw" or cfg.jpeg_quality != 90 or cfg.max_resolution is not None
     if ffcv_options and cfg.format != "ffcv":
         raise SourceError("--ffcv-write-mode, --jpeg-quality and --max-resolution apply to --format ffcv only")
@@ -167,20 +82,44 @@ def _validate(cfg: ConvertConfig) -> None:
         raise SourceError(f"--check {cfg.check}: must be 0 (skip) or more")
     if cfg.workers < 1:
         raise SourceError(f"--workers {cfg.workers}: must be 1 or more")
+    _background(cfg.alpha_background)
     if cfg.out.exists() and not cfg.overwrite:
         raise SourceError(f"{cfg.out}: already exists (pass --overwrite to replace it)")
     if cfg.out.resolve() == cfg.source.resolve():
         raise SourceError(f"{cfg.out}: is the source itself")
+    if cfg.size is not None and not format_named(cfg.format).resizes:
+        raise SourceError(f"--size: the {cfg.format} format keeps the source bytes, so it cannot resize")
+
+
+def write_options(cfg: ConvertConfig) -> WriteOptions:
+    return WriteOptions(cfg.source, cfg.size, cfg.check, cfg.workers, cfg.ffcv_write_mode, cfg.jpeg_quality,
+                        cfg.max_resolution, _background(cfg.alpha_background), cfg.skip_bad)
+
+
+def _background(text: str) -> tuple[int, int, int]:
+    """``--alpha-background``: white, black or R,G,B."""
+    named = {"white": WHITE, "black": (0, 0, 0)}
+    if text.strip().lower() in named:
+        return named[text.strip().lower()]
+    try:
+        red, green, blue = (int(part) for part in text.split(","))
+    except ValueError:
+        raise SourceError(f"--alpha-background {text}: expected white, black or R,G,B") from None
+    if not all(0 <= value <= 255 for value in (red, green, blue)):
+        raise SourceError(f"--alpha-background {text}: each of R,G,B must be 0 to 255")
+    return red, green, blue
 
 
 def convert(cfg: ConvertConfig) -> dict:
     """Convert ``cfg.source`` into ``cfg.out``; on any failure or interruption nothing is
     left behind (no OUT, no temporary folder, no parent folder this call created)."""
-    global _JOB
     _validate(cfg)
     start = time.perf_counter()
     source = read_source(cfg.source)
-    out = cfg.out
+    names_from_file = read_names_file(cfg.class_names, source.classes) if cfg.class_names else {}
+    out, fmt, options = cfg.out, format_named(cfg.format), write_options(cfg)
+    needed = needed_bytes(source, cfg.format, options)
+    mount, free = check_free_space(out, needed)
     created = next((p for p in reversed(out.absolute().parents) if not p.exists()), None)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     previous = out.with_name(f".{out.name}.previous-{os.getpid()}")
@@ -188,49 +127,57 @@ def convert(cfg: ConvertConfig) -> dict:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         partial.mkdir()
-        splits, image_size, first = {}, None, None
-        _JOB = (source.splits, cfg.size, cfg.source)
-        with multiprocessing.get_context("fork").Pool(cfg.workers, initializer=_worker_init) as pool:
-            for split, samples in source.splits.items():
-                folder = partial / split
-                if cfg.format != "tensor":  # a packaging format: its module writes and checks
-                    writer = load_backend(WRITERS[cfg.format], cfg.format)
-                    splits[split], largest = writer.write_split(folder, samples, cfg)
-                    image_size = tuple(max(a, b) for a, b in zip(largest, image_size or largest, strict=True))
-                    splits[split]["checked"] = writer.round_trip_check(samples, folder, cfg)
-                    continue
-                image_size = decode_all(pool, samples, cfg, split, folder, first)
-                first = (samples[0], (*image_size, 3))
-                labels = np.array([s.label for s in samples], dtype=np.int64)
-                splits[split] = write_split(folder, None, labels, [s.path for s in samples])
-                splits[split]["checked"] = round_trip_check(samples, cfg, folder) if cfg.check else 0
+        splits: dict[str, dict] = {}
+        image_size: tuple[int, int] | None = None
+        unreadable: list[tuple[str, str]] = []  # every split's, listed together
+        for split, samples in source.splits.items():
+            folder = partial / split
+            try:
+                splits[split], largest = fmt.write_split(folder, samples, options)
+            except UnreadableImages as error:
+                unreadable += error.failures
+                continue
+            if fmt.one_size and image_size is not None and largest != image_size:
+                first = next(iter(source.splits.values()))[0]
+                raise SourceError(size_mismatch(cfg.source, samples[0], largest, first, image_size))
+            image_size = largest if image_size is None else (max(largest[0], image_size[0]),
+                                                             max(largest[1], image_size[1]))
+            kept = stored_samples(samples, splits[split])
+            splits[split]["checked"] = fmt.round_trip_check(kept, folder, options) if cfg.check else 0
+            splits[split].update(fingerprint(folder, splits[split]["sha256"]))  # what --data-verify quick checks
+        if unreadable:
+            raise UnreadableImages(cfg.source, unreadable)
         assert image_size is not None  # read_source finds at least one split with images
+        duplicates = duplicates_across_splits(source)  # after decoding: a file that blocks is a worker's
         meta: dict[str, Any] = {
             "format": cfg.format,
             "version": FORMAT_VERSION,
             "source": str(cfg.source),
             "source_kind": source.kind,
             "classes": source.classes,
+            "class_names": class_names(source.classes, source.names, names_from_file),
             "image_size": list(image_size),
             "resize": None
             if cfg.size is None
             else {"size": cfg.size, "mode": "shorter-side bicubic, centre crop"},
             "splits": splits,
+            **findings(source, splits, duplicates),
         }
         (partial / META_FILE).write_text(json.dumps(meta, indent=1))
         if out.exists() or out.is_symlink():  # --overwrite: swap, then delete the old one
             os.rename(out, previous)
             moved = True
         os.rename(partial, out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
         if moved and not out.exists():
             os.rename(previous, out)
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise SourceError(f"{out}: the disk is full ({mount}: needed about {in_units(needed)}, "
+                              f"free {in_units(free)} when the conversion began)") from error
         raise
-    finally:
-        _JOB = None
     if moved:
         if previous.is_dir() and not previous.is_symlink():
             shutil.rmtree(previous, ignore_errors=True)
@@ -249,6 +196,9 @@ def main(args: list[str] | None = None) -> None:
     handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         meta = convert(cfg)
+    except UnreadableImages as error:
+        print(f"{PROGRAM}: error: {error}", *error.listing(), sep="\n", file=sys.stderr)
+        raise SystemExit(2) from None
     except (SourceError, DatasetError, OSError) as error:
         fail(PROGRAM, error)
     except KeyboardInterrupt:
@@ -259,9 +209,11 @@ def main(args: list[str] | None = None) -> None:
     counts = ", ".join(f"{name} {split['count']}" for name, split in meta["splits"].items())
     height, width = meta["image_size"]
     checked = "round trip checked" if cfg.check else "round trip skipped"
+    for warning in leftover_warnings(meta):
+        print(f"{PROGRAM}: warning: {cfg.source}: {warning}", file=sys.stderr)
     print(
         f"{cfg.out}: {counts} images of {height}×{width}, {len(meta['classes'])} classes, "
-        f"{checked}, {meta['seconds']} s"
+        f"{checked}, {meta['seconds']} s" + "".join(f"; {part}" for part in summary_parts(meta, cfg.alpha_background))
     )
 
 

@@ -57,7 +57,8 @@ from fastssl.run_folder import RunFolderError  # noqa: E402
 from fastssl.train.checkpoint import write_atomic  # noqa: E402
 from fastssl.weights import CheckpointError, OutsideWeights, load_backbone  # noqa: E402
 from pipelines.dataset import DatasetError, DatasetInfo, read_info  # noqa: E402
-from pipelines.loader import centre_square, centre_square_params, open_split  # noqa: E402
+from pipelines.formats import open_split  # noqa: E402
+from pipelines.loader import centre_square, centre_square_params  # noqa: E402
 
 TSNE_FILE, NEIGHBOURS_FILE = "tsne.png", "neighbours.png"
 
@@ -120,12 +121,12 @@ def neighbour_figure(f: SplitFeatures, cfg: DiagnoseConfig, size: int, title: st
     figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows), squeeze=False)
     for r in range(rows):
         axes[r, 0].imshow(query_images[r])
-        axes[r, 0].set_title(f"query: {f.info.classes[query_labels[r]]}", fontsize=7)
+        axes[r, 0].set_title(f"query: {f.info.class_names[query_labels[r]]}", fontsize=7)
         for k in range(cfg.neighbours):
             label = int(train_labels[nearest[r, k]])
             tile = axes[r, k + 1]
             tile.imshow(neighbour_images[r * cfg.neighbours + k])
-            tile.set_title(f"{scores[r, k]:.2f} {f.info.classes[label] if label >= 0 else '?'}", fontsize=7)
+            tile.set_title(f"{scores[r, k]:.2f} {f.info.class_names[label] if label >= 0 else '?'}", fontsize=7)
             for edge in tile.spines.values():
                 edge.set_color("tab:green" if label == query_labels[r] else "tab:red")
                 edge.set_linewidth(3)
@@ -155,7 +156,7 @@ def main(args: list[str] | None = None) -> None:
         fail(PROGRAM, f"{data}: t-SNE needs at least 4 test images, the split has {len(features.test)}")
     out = cfg.out or trained.folder
     title = trained.name
-    tsne = tsne_figure(features.test, features.test_labels, info.classes, cfg, title)
+    tsne = tsne_figure(features.test, features.test_labels, info.class_names, cfg, title)
     grid = neighbour_figure(features, cfg, trained.views.size, title)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from fastssl.export import read_json, write_text_atomic  # noqa: E402
 from fastssl.run_folder import RunFolderError  # noqa: E402
 from fastssl.weights import CheckpointError, OutsideWeights, load_backbone  # noqa: E402
 from pipelines.dataset import DatasetError, read_info  # noqa: E402
+from pipelines.verify import verify  # noqa: E402
 
 PROGRAM = "linear_probe.py"
 RESULTS_FILE = "linear.json"
@@ -50,6 +51,7 @@ class ProbeConfig:
     """A run folder or its checkpoint.pt; an export (its folder or backbone.pt); a plain state dict (with --arch)."""
     protocol: Literal["mini-ssl", "fast"] = "mini-ssl"
     data: Path | None = None  # converted data set; default: the one it trained on (required for a plain state dict)
+    data_verify: Literal["full", "quick", "off"] = "quick"  # check --data's files first, as training's --data-verify
     epochs: int = 100  # mini-ssl: training epochs (the lr drops at 60 % and 80 % of them)
     batch_size: int = 256  # mini-ssl: images per step
     lr: float = 30.0  # mini-ssl: SGD lr (Nesterov momentum 0.9, no weight decay)
@@ -65,7 +67,8 @@ def evaluate(cfg: ProbeConfig) -> tuple[dict[str, Any], Path]:
     try:
         trained = load_backbone(cfg.weights, cfg.outside, cfg.data)
         data = cfg.data or trained.data_set()
-        read_info(data)  # a data set that is missing or not converted fails before any work
+        # a data set that is missing, not converted or changed since conversion fails before any work
+        verify(read_info(data), cfg.data_verify)
     except (CheckpointError, RunFolderError, DatasetError, ImportError) as error:
         fail(PROGRAM, str(error))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -45,8 +45,8 @@ from pipelines.loader import Loader, epoch_permutation  # noqa: E402
 from pipelines.reference import PilTwoViews  # noqa: E402
 
 if TYPE_CHECKING:
-    from pipelines.jpeg import JpegSplit
-    from pipelines.tensor import TensorSplit
+    from pipelines.formats.jpeg import JpegSplit
+    from pipelines.formats.tensor import TensorSplit
 
 PROGRAM = "profile.py"
 

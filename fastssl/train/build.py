@@ -27,6 +27,7 @@ from fastssl.run_folder import run_dir_of
 from fastssl.train.optim import build_optimizer
 from pipelines.dataset import DatasetInfo, read_info
 from pipelines.loader import Loader
+from pipelines.verify import verify
 from pipelines.views import ViewRecipe
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
         if importlib.util.find_spec(tracker) is None:
             raise RunError(f"--run.trackers {tracker}: the {tracker} package is not installed (pip install {tracker})")
     info = read_info(cfg.data)
+    verify(info, cfg.data_verify)
     if cfg.run.deterministic:
         _make_deterministic()
     cuda = torch.cuda.is_available()

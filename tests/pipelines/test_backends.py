@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from pipelines.dataset import DatasetError, read_info
+from pipelines.formats.tensor import TensorSplit
 from pipelines.loader import Loader
 from pipelines.spec import ViewConfig
-from pipelines.tensor import TensorSplit
 from pipelines.views import two_views
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +166,7 @@ def test_jpeg_format_refuses_what_it_cannot_keep(tmp_path):
 
 def test_tensor_split_from_host_memory_matches_the_resident_one(converted):
     from pipelines.dataset import read_info
-    from pipelines.tensor import TensorSplit
+    from pipelines.formats.tensor import TensorSplit
 
     info = read_info(converted["tensor"])
     resident, host = TensorSplit(info, "train", CPU, resident=True), TensorSplit(info, "train", CPU, resident=False)
@@ -175,12 +175,23 @@ def test_tensor_split_from_host_memory_matches_the_resident_one(converted):
 
 
 def test_a_missing_optional_backend_names_its_extra(monkeypatch):
-    from pipelines import loader as loader_module
+    import importlib
+
+    from pipelines import formats
     from pipelines.dataset import DatasetError
 
-    monkeypatch.setitem(loader_module.SPLIT_READERS, "ffcv", "pipelines.not_installed_backend:Split")
-    with pytest.raises(DatasetError, match=r"pip install -e '\.\[ffcv\]'"):
-        loader_module.load_backend(loader_module.SPLIT_READERS["ffcv"], "ffcv")
+    real_import = importlib.import_module
+
+    def without_ffcv(name, *args):
+        if name == "pipelines.formats.ffcv":
+            raise ModuleNotFoundError("No module named 'ffcv'")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_ffcv)
+    with pytest.raises(DatasetError, match=r"the ffcv format needs the \[ffcv\] extra: pip install -e '\.\[ffcv\]'"):
+        formats.format_named("ffcv")
+    with pytest.raises(DatasetError, match="unknown format 'zarr'"):
+        formats.format_named("zarr")
 
 
 def test_training_on_several_splits_concatenates_them(converted):

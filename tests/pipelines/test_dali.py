@@ -47,8 +47,8 @@ def test_conversion_keeps_the_files_and_writes_a_dali_file_list(converted, tmp_p
 
 
 def test_stream_follows_the_given_order_and_matches_fetch(converted):
-    from pipelines.dali import DaliSplit
-    from pipelines.tensor import TensorSplit
+    from pipelines.formats.dali import DaliSplit
+    from pipelines.formats.tensor import TensorSplit
 
     dali = DaliSplit(read_info(converted["dali"]), "train", CPU)
     tensor = TensorSplit(read_info(converted["tensor"]), "train", CPU)

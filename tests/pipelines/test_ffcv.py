@@ -14,10 +14,10 @@ from PIL import Image
 pytest.importorskip("ffcv", reason="needs the [ffcv] extra")
 
 from pipelines.dataset import DatasetError, read_info  # noqa: E402
-from pipelines.ffcv import FfcvSplit  # noqa: E402
+from pipelines.formats.ffcv import FfcvSplit  # noqa: E402
+from pipelines.formats.tensor import TensorSplit  # noqa: E402
 from pipelines.loader import Loader  # noqa: E402
 from pipelines.spec import ViewConfig  # noqa: E402
-from pipelines.tensor import TensorSplit  # noqa: E402
 from pipelines.views import two_views  # noqa: E402
 from tests.pipelines.test_backends import ROOT, convert, write_image_folder  # noqa: E402
 

@@ -55,6 +55,7 @@ def presets_of(name: str) -> dict:
     presets = {preset: to_json(cfg) for preset, cfg in get(name).presets.items()}
     for config in presets.values():
         config.pop("data")  # a preset names no data set
+        config.pop("data_verify")  # how the data is checked, not what is trained
     return presets
 
 

@@ -7,6 +7,7 @@ tiny data sets written here; failures are checked through a real subprocess: exi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -27,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "convert.py"
 sys.path.insert(0, str(ROOT))
 
+from conversion import decode as decode_module  # noqa: E402
 from pipelines.dataset import read_info  # noqa: E402
-from pipelines.tensor import read_split  # noqa: E402
+from pipelines.formats import tensor as tensor_format  # noqa: E402
+from pipelines.formats.tensor import read_split  # noqa: E402
 
 
 def _load_tool():
@@ -259,6 +262,7 @@ def test_jpeg_matches_pil_decode(tmp_path, capsys):
 
 
 def test_mixed_modes_convert_to_rgb(tmp_path, capsys):
+    """Gray repeated, alpha composited on white, palette colours: every image becomes RGB."""
     source = tmp_path / "src"
     write_image(source / "train" / "cat" / "a.png", 1, mode="L")
     write_image(source / "train" / "cat" / "b.png", 2, mode="RGBA")
@@ -271,8 +275,10 @@ def test_mixed_modes_convert_to_rgb(tmp_path, capsys):
     assert stored.shape == (5, 10, 12, 3)
     gray = np.asarray(Image.open(source / "train" / "cat" / "a.png"))
     np.testing.assert_array_equal(stored[0], np.repeat(gray[:, :, None], 3, axis=2))
-    rgba = np.asarray(Image.open(source / "train" / "cat" / "b.png"))
-    np.testing.assert_array_equal(stored[1], rgba[:, :, :3])
+    rgba = np.asarray(Image.open(source / "train" / "cat" / "b.png")).astype(np.int64)
+    alpha = rgba[:, :, 3:]  # composited on the default white: round(a·c/255 + (1 − a/255)·255)
+    on_white = np.rint(alpha * rgba[:, :, :3] / 255 + (255 - alpha) * 255 / 255).astype(np.uint8)
+    np.testing.assert_array_equal(stored[1], on_white)
     for i, name in enumerate(["dog/c.jpg", "dog/d.png", "dog/e.png"], start=2):
         expected = np.asarray(Image.open(source / "train" / name).convert("RGB"))
         np.testing.assert_array_equal(stored[i], expected)
@@ -350,7 +356,7 @@ def test_cifar100_directory_and_archive(tmp_path, capsys):
 
 
 def test_many_chunks_across_workers_keep_order(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(tool, "CHUNK", 2)
+    monkeypatch.setattr(decode_module, "CHUNK", 2)
     source = tmp_path / "src"
     make_image_folder(source, per_class={"train": 5, "test": 3})
     out = tmp_path / "out"
@@ -388,7 +394,7 @@ def test_interrupt_leaves_nothing(tmp_path, monkeypatch, stage):
     make_image_folder(source)
     parent = tmp_path / "outs"
     parent.mkdir()
-    original = getattr(tool, stage)
+    original = getattr(tensor_format.FORMAT, stage)
     calls = []
 
     def interrupt(*args, **kwargs):
@@ -397,7 +403,7 @@ def test_interrupt_leaves_nothing(tmp_path, monkeypatch, stage):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tool, stage, interrupt)
+    monkeypatch.setattr(tensor_format, "FORMAT", dataclasses.replace(tensor_format.FORMAT, **{stage: interrupt}))
     with pytest.raises(KeyboardInterrupt):
         tool.convert(tool.ConvertConfig(source, parent / "out", workers=2))
     assert list(parent.iterdir()) == []
@@ -407,7 +413,7 @@ def test_worker_error_shuts_pool_down(tmp_path, monkeypatch):
     """A decoding error in a worker comes back as one SourceError; no worker stays alive."""
     import multiprocessing
 
-    monkeypatch.setattr(tool, "CHUNK", 2)
+    monkeypatch.setattr(decode_module, "CHUNK", 2)
     source = tmp_path / "src"
     make_image_folder(source, per_class={"train": 4, "test": 2})
     (source / "train" / "dog" / "002.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")

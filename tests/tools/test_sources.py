@@ -22,7 +22,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.sources import SourceError, read_source  # noqa: E402
+from conversion.sources import SourceError, read_source  # noqa: E402
 
 STL_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 WNIDS = ["n01443537", "n01629819", "n02124075"]

@@ -6,7 +6,7 @@ On disk, per split: ``data.beton`` (FFCV fields ``image`` — an ``RGBImageField
 and label without opening the ``.beton``.
 
 Images are stored ``write_mode="raw"`` by default: the decoded uint8 pixels, exactly those
-of ``pipelines.sources.decode`` (and of the ``tensor`` format), so the round-trip check and
+of ``conversion.decode.decode`` (and of the ``tensor`` format), so the round-trip check and
 the cross-backend tests compare exactly. ``tools/convert.py --ffcv-write-mode jpg
 [--jpeg-quality Q]`` re-encodes every image as JPEG: a smaller file, but lossy, so its
 round-trip check only bounds the error. ``--max-resolution R`` caps the longer side at R
@@ -32,7 +32,6 @@ import multiprocessing
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,33 +45,20 @@ from ffcv.reader import Reader
 from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 from torch import Tensor
 
+from conversion.decode import DecodeLog, decode, decode_in_parallel
+from conversion.options import WriteOptions
+from conversion.sources import Sample, SourceError
+from pipelines.checksums import sha256
 from pipelines.dataset import DatasetError, DatasetInfo, usable_cpus
-from pipelines.sources import Sample, SourceError, decode
-from pipelines.tensor import sha256
+from pipelines.formats import Format
 
 BETON = "data.beton"
 SPLIT_FILES = (BETON, "sizes.npy", "labels.npy", "indices.npy")
 PIXELS_TMP = ".pixels.tmp"  # decoded pixels between the two conversion passes
-CHUNK = 256
 JPG_TOLERANCE = 8.0  # mean absolute error (0…255) allowed for write_mode="jpg"
 
 
 # --- writing ---------------------------------------------------------------------------
-
-_DECODE_JOB: tuple[list[Sample], int | None, int | None, Path] | None = None  # inherited by forked workers
-
-
-def _decode_chunk(span: tuple[int, int]) -> list[np.ndarray] | str:
-    samples, size, max_side, origin = _DECODE_JOB  # type: ignore[misc]
-    images = []
-    for i in range(*span):
-        try:
-            images.append(decode(samples[i], size, origin, max_side))
-        except SourceError as error:
-            return str(error)
-        except Exception as error:  # noqa: BLE001 (anything else also names the file)
-            return f"{origin}: cannot decode {samples[i].path} ({error})"
-    return images
 
 
 class _DecodedPixels:
@@ -98,34 +84,31 @@ class _DecodedPixels:
         return {**self.__dict__, "_pixels": None}
 
 
-def write_split(folder: Path, samples: list[Sample], cfg: Any) -> tuple[dict, tuple[int, int]]:
+def write_split(folder: Path, samples: list[Sample], options: WriteOptions) -> tuple[dict, tuple[int, int]]:
     """Write one split as ``folder/data.beton`` plus its host-side arrays; returns its
     metadata entry and the largest (height, width).
 
-    Two passes: the images are decoded first (``cfg.workers`` processes; an unreadable one
-    fails here with a one-line message), then FFCV's writer packs the decoded pixels."""
-    global _DECODE_JOB
-    origin = cfg.source
+    Two passes: the images are decoded first (``options.workers`` processes; the unreadable
+    ones are listed together, or left out with ``--skip-bad``), then FFCV's writer packs the
+    decoded pixels."""
+    origin = options.origin
     if not samples:
         raise SourceError(f"{origin}: a split has no images")
-    mode, quality = cfg.ffcv_write_mode, cfg.jpeg_quality
+    mode, quality = options.ffcv_write_mode, options.jpeg_quality
     folder.mkdir(parents=True)
     temporary = folder / PIXELS_TMP
-    offsets, sizes = [0], []
-    spans = [(i, min(i + CHUNK, len(samples))) for i in range(0, len(samples), CHUNK)]
-    _DECODE_JOB = (samples, cfg.size, cfg.max_resolution, origin)
+    offsets, sizes, log = [0], [], DecodeLog()
     try:
-        with open(temporary, "wb") as out, multiprocessing.get_context("fork").Pool(cfg.workers) as pool:
-            for part in pool.imap(_decode_chunk, spans):
-                if isinstance(part, str):
-                    raise SourceError(part)
-                for image in part:
-                    if image.shape[0] > 65535 or image.shape[1] > 65535:  # FFCV stores u16 sizes
-                        raise SourceError(f"{origin}: an image of {image.shape[0]}×{image.shape[1]} is too large")
-                    out.write(np.ascontiguousarray(image).tobytes())
-                    offsets.append(offsets[-1] + image.nbytes)
-                    sizes.append(image.shape[:2])
-        labels = np.array([s.label for s in samples], dtype=np.int64)
+        with open(temporary, "wb") as out:
+            for index, image in decode_in_parallel(samples, options, log, options.max_resolution):
+                if image.shape[0] > 65535 or image.shape[1] > 65535:  # FFCV stores u16 sizes
+                    raise SourceError(f"{origin}: {samples[index].path} is {image.shape[0]}×{image.shape[1]}, "
+                                      "too large for FFCV")
+                out.write(np.ascontiguousarray(image).tobytes())
+                offsets.append(offsets[-1] + image.nbytes)
+                sizes.append(image.shape[:2])
+        kept = log.kept(samples, options)
+        labels = np.array([s.label for s in kept], dtype=np.int64)
         size_array = np.array(sizes, dtype=np.int64).reshape(-1, 2)
         pixels = _DecodedPixels(temporary, np.array(offsets, dtype=np.int64), size_array, labels)
         fields = {
@@ -136,43 +119,43 @@ def write_split(folder: Path, samples: list[Sample], cfg: Any) -> tuple[dict, tu
         # A page must hold the largest image: FFCV's default 8 MiB fails above ~1670² raw.
         largest_bytes = int((size_array[:, 0] * size_array[:, 1]).max()) * 3
         page_size = max(MIN_PAGE_SIZE, 1 << (largest_bytes + 4096).bit_length())
-        writer = DatasetWriter(str(folder / BETON), fields, page_size=page_size, num_workers=cfg.workers)
+        writer = DatasetWriter(str(folder / BETON), fields, page_size=page_size, num_workers=options.workers)
         # FFCV's writer always draws a progress bar: keep it off logs and pipes.
         quiet = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
         before = set(multiprocessing.active_children())
         try:
             with quiet:
-                writer.from_indexed_dataset(pixels, chunksize=CHUNK)
+                writer.from_indexed_dataset(pixels, chunksize=256)
         except BaseException:  # interrupted: stop the writer processes FFCV started
             for process in set(multiprocessing.active_children()) - before:
                 process.terminate()
                 process.join()
             raise
     finally:
-        _DECODE_JOB = None
         temporary.unlink(missing_ok=True)
     np.save(folder / "sizes.npy", size_array)
     np.save(folder / "labels.npy", labels)
-    np.save(folder / "indices.npy", np.arange(len(samples), dtype=np.int64))
-    (folder / "files.txt").write_text("".join(f"{s.path}\n" for s in samples))
+    np.save(folder / "indices.npy", np.arange(len(kept), dtype=np.int64))
+    (folder / "files.txt").write_text("".join(f"{s.path}\n" for s in kept))
     entry = {
-        "count": len(samples),
+        **log.entry(samples),
+        "count": len(kept),
         "sha256": {name: sha256(folder / name) for name in SPLIT_FILES},
         "ffcv": {"write_mode": mode, "jpeg_quality": quality if mode == "jpg" else None,
-                 "max_resolution": cfg.max_resolution},
+                 "max_resolution": options.max_resolution},
     }
     largest = tuple(int(v) for v in size_array.max(0))
     return entry, largest  # type: ignore[return-value]
 
 
-def round_trip_check(samples: list[Sample], folder: Path, cfg: Any) -> int:
-    """Read a random sample of ``cfg.check`` images back — FFCV's ``Reader`` for labels,
+def round_trip_check(samples: list[Sample], folder: Path, options: WriteOptions) -> int:
+    """Read a random sample of ``options.check`` images back — FFCV's ``Reader`` for labels,
     indices, sizes and where each image lies, the bytes as ``FfcvSplit.fetch`` reads them —
     and compare them with a fresh decode of the source: exactly for raw storage, within
     ``JPG_TOLERANCE`` for JPEG. (FFCV's ``Loader`` is not used here: building one
     JIT-compiles its pipeline, seconds per split; ``stream`` checks the order it returns.)"""
-    origin = cfg.source
-    count = min(cfg.check, len(samples))
+    origin = options.origin
+    count = min(options.check, len(samples))
     if count == 0:
         return 0
     chosen = np.sort(np.random.default_rng(0).choice(len(samples), count, replace=False))
@@ -187,7 +170,7 @@ def round_trip_check(samples: list[Sample], folder: Path, cfg: Any) -> int:
     sizes = np.load(folder / "sizes.npy")
     images = (stored.read(int(i)) for i in chosen)
     for image, i in zip(images, chosen, strict=True):
-        again = decode(samples[i], cfg.size, origin, cfg.max_resolution)
+        again = decode(samples[i], options.size, origin, options.max_resolution, options.alpha_background)
         same_size = image.shape == again.shape and tuple(sizes[i]) == again.shape[:2]
         if stored.modes[i] == IMAGE_MODES["raw"]:
             same_pixels = same_size and np.array_equal(image, again)
@@ -340,3 +323,6 @@ class FfcvSplit:
             return map(self.fetch, batches)
         order = torch.cat(batches).numpy()
         return (self._to_device(images) for images, _ in self.images.loader_batches(order, size))
+
+
+FORMAT = Format("ffcv", FfcvSplit, write_split, round_trip_check, resizes=True, one_size=False)

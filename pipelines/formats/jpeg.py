@@ -10,60 +10,52 @@ the CPU), padded to the batch's largest image, and handed with its sizes to the 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from conversion.decode import check_encoded
+from conversion.options import WriteOptions
+from conversion.sources import Sample, SourceError
+from conversion.split_files import write_host_side
 from pipelines.dataset import DatasetError, DatasetInfo
-from pipelines.sources import Sample, SourceError
-from pipelines.tensor import sha256
+from pipelines.formats import Format
 
 SPLIT_FILES = ("images.bin", "offsets.npy", "sizes.npy", "labels.npy", "indices.npy")
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def _jpeg_bytes(sample: Sample, origin: Path) -> tuple[bytes, tuple[int, int]]:
-    data = sample.read()
-    if not isinstance(data, bytes) or not data.startswith(JPEG_MAGIC):
-        raise SourceError(f"{origin}: {sample.path} is not a JPEG file (--format jpeg keeps JPEG bytes as they are)")
-    try:
-        width, height = Image.open(io.BytesIO(data)).size  # the header only
-    except Exception as error:
-        raise SourceError(f"{origin}: cannot read the JPEG header of {sample.path} ({error})") from error
-    return data, (height, width)
+def _not_jpeg(data: bytes | np.ndarray, kinds: set[str]) -> str | None:
+    if isinstance(data, bytes) and data.startswith(JPEG_MAGIC):
+        return None
+    return "is not a JPEG file (--format jpeg keeps JPEG bytes as they are)"
 
 
-def write_split(folder: Path, samples: list[Sample], cfg: Any) -> tuple[dict, tuple[int, int]]:
-    """Pack one split (``cfg``: the converter's options); returns its metadata entry and
-    the largest (height, width)."""
-    origin = cfg.source
+def write_split(folder: Path, samples: list[Sample], options: WriteOptions) -> tuple[dict, tuple[int, int]]:
+    """Pack one split (``options``: the converter's); returns its metadata entry and
+    the largest (height, width).
+
+    Every file is decoded in full once first (``check_encoded``), not only its header read:
+    a JPEG cut short would otherwise be stored, and decoded in training with grey where
+    its data is missing. Files that are not JPEGs or do not decode are listed together."""
+    kept, sizes, log = check_encoded(samples, options, _not_jpeg)
     folder.mkdir(parents=True)
-    offsets, sizes = [0], []
+    offsets = [0]
     with open(folder / "images.bin", "wb") as packed:
-        for sample in samples:
-            data, size = _jpeg_bytes(sample, origin)
-            packed.write(data)
+        for sample in kept:
+            data = sample.read()
+            packed.write(data)  # type: ignore[arg-type]  # bytes: _not_jpeg said so
             offsets.append(offsets[-1] + len(data))
-            sizes.append(size)
     np.save(folder / "offsets.npy", np.array(offsets, dtype=np.int64))
-    np.save(folder / "sizes.npy", np.array(sizes, dtype=np.int64))
-    np.save(folder / "labels.npy", np.array([s.label for s in samples], dtype=np.int64))
-    np.save(folder / "indices.npy", np.arange(len(samples), dtype=np.int64))
-    (folder / "files.txt").write_text("\n".join(s.path for s in samples) + "\n")
-    entry = {"count": len(samples), "sha256": {name: sha256(folder / name) for name in SPLIT_FILES}}
-    largest = tuple(int(v) for v in np.array(sizes).max(0))
-    return entry, largest  # type: ignore[return-value]
+    return write_host_side(folder, kept, sizes, SPLIT_FILES, log, samples)
 
 
-def round_trip_check(samples: list[Sample], folder: Path, cfg: Any) -> int:
+def round_trip_check(samples: list[Sample], folder: Path, options: WriteOptions) -> int:
     """Stored bytes equal the source file's, exactly, and decode to the recorded size."""
-    count, origin = cfg.check, cfg.source
+    count, origin = options.check, options.origin
     packed = np.fromfile(folder / "images.bin", dtype=np.uint8)
     offsets, sizes = np.load(folder / "offsets.npy"), np.load(folder / "sizes.npy")
     labels = np.load(folder / "labels.npy")
@@ -71,7 +63,7 @@ def round_trip_check(samples: list[Sample], folder: Path, cfg: Any) -> int:
     for i in np.random.default_rng(0).choice(len(samples), count, replace=False):
         stored = packed[offsets[i] : offsets[i + 1]]
         source = samples[i].read()
-        decoded = decode_jpeg(torch.from_numpy(stored.copy()), mode=ImageReadMode.RGB)
+        decoded = decode_jpeg(torch.from_numpy(stored.copy()), mode=ImageReadMode.RGB, apply_exif_orientation=False)
         if stored.tobytes() != source or tuple(decoded.shape[1:]) != tuple(sizes[i]) or labels[i] != samples[i].label:
             raise SourceError(f"{origin}: round-trip check failed on {samples[i].path}")
     return count
@@ -103,7 +95,8 @@ class JpegSplit:
     def fetch(self, index: Tensor) -> Tensor:
         rows = index.tolist()
         encoded = [self.bytes[self.offsets[i] : self.offsets[i + 1]] for i in rows]
-        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+        # EXIF orientation is ignored, as everywhere in fastssl (conversion/decode.py).
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=False)
         height, width = (int(v) for v in self.sizes[index].max(0).values)
         if all(d.shape[1:] == (height, width) for d in decoded):
             return torch.stack(decoded)
@@ -111,3 +104,6 @@ class JpegSplit:
         for row, image in zip(batch, decoded, strict=True):
             row[:, : image.shape[1], : image.shape[2]] = image
         return batch
+
+
+FORMAT = Format("jpeg", JpegSplit, write_split, round_trip_check, resizes=False, one_size=False)

@@ -30,7 +30,6 @@ on the development machine) and would give views that differ from the other back
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,14 @@ import numpy as np
 import torch
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
-from PIL import Image
 from torch import Tensor
 
+from conversion.decode import check_encoded
+from conversion.options import WriteOptions
+from conversion.sources import Sample, SourceError
+from conversion.split_files import write_host_side
 from pipelines.dataset import DatasetError, DatasetInfo, usable_cpus
-from pipelines.sources import Sample, SourceError
-from pipelines.tensor import sha256
+from pipelines.formats import Format
 
 FILES = "files"
 FILE_LIST = "file_list.txt"
@@ -56,52 +57,48 @@ MAGIC = {b"\xff\xd8\xff": "jpg", b"\x89PNG\r\n\x1a\n": "png"}
 # --- writing ---------------------------------------------------------------------------
 
 
-def _encoded(sample: Sample, origin: Path) -> tuple[bytes, str, tuple[int, int]]:
-    """The sample's file bytes, their extension and the (height, width) of their header."""
-    data = sample.read()
-    extension = next((ext for magic, ext in MAGIC.items() if isinstance(data, bytes) and data.startswith(magic)), None)
-    if extension is None or not isinstance(data, bytes):  # a known extension implies bytes
-        raise SourceError(
-            f"{origin}: {sample.path} is not a JPEG or PNG file (--format dali keeps the encoded files as they are)"
+def _extension(data: bytes | np.ndarray) -> str | None:
+    """The extension the file's bytes are stored under, None if not a kept encoding."""
+    return next((ext for magic, ext in MAGIC.items() if isinstance(data, bytes) and data.startswith(magic)), None)
+
+
+def _not_kept(data: bytes | np.ndarray, kinds: set[str]) -> str | None:
+    if _extension(data) is None:
+        return "is not a JPEG or PNG file (--format dali keeps the encoded files as they are)"
+    if kinds & {"alpha_composited", "16-bit"}:  # not known to match the policy in DALI
+        return (
+            "is transparent or 16-bit, which DALI's decoder does not composite or round as "
+            "conversion/decode.py does (use --format tensor or ffcv)"
         )
-    try:
-        width, height = Image.open(io.BytesIO(data)).size  # the header only
-    except Exception as error:
-        raise SourceError(f"{origin}: cannot read the image header of {sample.path} ({error})") from error
-    return data, extension, (height, width)
+    return None
 
 
-def write_split(folder: Path, samples: list[Sample], cfg: Any) -> tuple[dict, tuple[int, int]]:
-    """Write one split (``cfg``: the converter's options); returns its metadata entry and
-    the largest (height, width)."""
-    origin = cfg.source
-    if cfg.size is not None:
+def write_split(folder: Path, samples: list[Sample], options: WriteOptions) -> tuple[dict, tuple[int, int]]:
+    """Write one split (``options``: the converter's); returns its metadata entry and
+    the largest (height, width). Every file is decoded in full once first
+    (``check_encoded``); those that do not decode or are neither JPEG nor PNG are listed
+    together (``--skip-bad`` leaves them out)."""
+    origin = options.origin
+    if options.size is not None:
         raise SourceError("--size: the dali format keeps the source files' bytes, so it cannot resize")
     if not samples:
         raise SourceError(f"{origin}: split '{folder.name}' has no images")
+    kept, sizes, log = check_encoded(samples, options, _not_kept)
     (folder / FILES).mkdir(parents=True)
-    names, sizes = [], []
-    for index, sample in enumerate(samples):
-        data, extension, size = _encoded(sample, origin)
-        name = f"{FILES}/{index}.{extension}"
-        (folder / name).write_bytes(data)
+    names = []
+    for index, sample in enumerate(kept):
+        data = sample.read()
+        name = f"{FILES}/{index}.{_extension(data)}"
+        (folder / name).write_bytes(data)  # type: ignore[arg-type]  # bytes: _not_kept said so
         names.append(name)
-        sizes.append(size)
-    labels = np.array([s.label for s in samples], dtype=np.int64)
-    (folder / FILE_LIST).write_text("".join(f"{name} {label}\n" for name, label in zip(names, labels, strict=True)))
-    np.save(folder / "sizes.npy", np.array(sizes, dtype=np.int64))
-    np.save(folder / "labels.npy", labels)
-    np.save(folder / "indices.npy", np.arange(len(samples), dtype=np.int64))
-    (folder / "files.txt").write_text("\n".join(s.path for s in samples) + "\n")
-    entry = {"count": len(samples), "sha256": {name: sha256(folder / name) for name in SPLIT_FILES}}
-    largest = tuple(int(v) for v in np.array(sizes).max(0))
-    return entry, largest  # type: ignore[return-value]
+    (folder / FILE_LIST).write_text("".join(f"{name} {s.label}\n" for name, s in zip(names, kept, strict=True)))
+    return write_host_side(folder, kept, sizes, SPLIT_FILES, log, samples)
 
 
-def round_trip_check(samples: list[Sample], folder: Path, cfg: Any) -> int:
+def round_trip_check(samples: list[Sample], folder: Path, options: WriteOptions) -> int:
     """Stored files equal the source files, byte for byte, and DALI decodes them to the
     recorded size; returns how many were checked."""
-    count, origin = min(cfg.check, len(samples)), cfg.source
+    count, origin = min(options.check, len(samples)), options.origin
     if count == 0:
         return 0
     names = _read_file_list(folder)
@@ -244,3 +241,6 @@ class DaliSplit:
                 yield _to_torch(output, self.device)
         finally:
             del pipe
+
+
+FORMAT = Format("dali", DaliSplit, write_split, round_trip_check, resizes=False, one_size=False)

@@ -1,4 +1,4 @@
-"""Readers for the source layouts ``tools/convert.py`` accepts.
+"""The source layouts ``tools/convert.py`` accepts, read into lists of samples.
 
 A source is read into ``Split`` s: a list of samples per split, each sample a label plus a
 way to get its pixels (encoded image bytes, or an already decoded array for CIFAR's pickle
@@ -12,6 +12,7 @@ binaries, Tiny-ImageNet-200 as distributed, NABirds (or CUB-200-2011), ImageFold
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 import pickle
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
 
 V = TypeVar("V")
 
@@ -46,9 +46,13 @@ class Source:
     classes: list[str]
     splits: dict[str, list[Sample]] = field(default_factory=dict)
     kind: str = ""
+    ignored: list[str] = field(default_factory=list)  # files in the split folders that are not samples
+    empty_folders: list[str] = field(default_factory=list)  # class folders ("train/bird/") without images
+    names: dict[str, str] = field(default_factory=dict)  # class id → the name the source gives it
 
 
 # --- file trees: a directory or an archive, as {relative path: reader} -------------------
+# (an empty folder is listed too, as "path/": the ImageFolder layout reports empty classes)
 
 
 class _LocalFile:
@@ -71,7 +75,9 @@ def _in_memory(value: V) -> Callable[[], V]:
 
 def _directory_tree(root: Path) -> dict[str, Callable[[], bytes]]:
     tree: dict[str, Callable[[], bytes]] = {}
-    for folder, _, files in os.walk(root, followlinks=True):
+    for folder, folders, files in os.walk(root, followlinks=True):
+        if not folders and not files and Path(folder) != root:
+            tree[f"{Path(folder).relative_to(root).as_posix()}/"] = _in_memory(b"")  # an empty folder
         for name in files:
             full = Path(folder) / name
             tree[full.relative_to(root).as_posix()] = _LocalFile(full)
@@ -107,17 +113,21 @@ def _archive_tree(path: Path) -> dict[str, Callable[[], bytes]]:
     archive cannot be read out of order cheaply, and forked decoders share the bytes)."""
     try:
         with tarfile.open(path) as archive:
-            contents = {}
+            contents, folders = {}, set()
             for member in archive:
+                name = member.name.removeprefix("./").lstrip("/")
                 if member.isfile():
-                    data = archive.extractfile(member).read()  # type: ignore[union-attr]
-                    contents[member.name.removeprefix("./").lstrip("/")] = data
+                    contents[name] = archive.extractfile(member).read()  # type: ignore[union-attr]
+                elif member.isdir() and name:
+                    folders.add(f"{name.rstrip('/')}/")
             # Read to the end so that gzip/bz2/xz verify their checksum: tar itself has
             # none for file contents, and a corrupt block would otherwise go unnoticed.
             while archive.fileobj.read(1 << 20):  # type: ignore[union-attr]
                 pass
     except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as error:
         raise SourceError(f"{path}: not a readable tar archive ({error})") from error
+    holding = {name[: i + 1] for name in [*contents, *folders] for i in range(len(name) - 1) if name[i] == "/"}
+    contents.update((folder, b"") for folder in folders - holding)  # empty folders, as directory trees list them
     return {name: _in_memory(data) for name, data in contents.items()}
 
 
@@ -403,11 +413,41 @@ def _image_folder_layout(tree: dict, origin: Path) -> Source | None:
             if class_folders(f"{held_out}/"):
                 source.splits[held_out] = _image_folder(tree, f"{held_out}/", classes, origin)
                 break
-        return source
+        return _note_leftovers(tree, source, {split: f"{split}/" for split in source.splits})
     if class_folders(""):
         classes = class_folders("")
-        return Source(classes, {"train": _image_folder(tree, "", classes, origin)}, "imagefolder")
+        source = Source(classes, {"train": _image_folder(tree, "", classes, origin)}, "imagefolder")
+        return _note_leftovers(tree, source, {"train": ""})
     return None
+
+
+def _note_leftovers(tree: dict, source: Source, prefixes: dict[str, str]) -> Source:
+    """Record what the split folders (``prefixes``: split → its folder in ``tree``) hold
+    besides samples: files that are not images (or lie deeper than a class folder), and
+    class folders without a single image (empty ones are ``"name/"`` entries of ``tree``)."""
+    for split, prefix in prefixes.items():
+        used = {sample.path for sample in source.splits[split]}
+        with_images = {path[len(prefix) :].split("/")[0] for path in used}
+        folders = set()
+        for name in sorted(tree):
+            parts = name[len(prefix) :].split("/")
+            if not name.startswith(prefix) or len(parts) < 2:  # top-level files: documentation
+                continue
+            folders.add(parts[0])
+            if name not in used and not name.endswith("/"):
+                source.ignored.append(name)
+        source.empty_folders += [f"{prefix}{folder}/" for folder in sorted(folders - with_images)]
+    return source
+
+
+def _words_txt_names(lines: list[tuple[int, str]]) -> dict[str, str]:
+    """ImageNet's ``words.txt`` ("<wnid><TAB>synonym, synonym, …"): each id's first synonym."""
+    names = {}
+    for _, line in lines:
+        wnid, _, words = line.partition("\t") if "\t" in line else line.partition(" ")
+        if words.strip():
+            names[wnid.strip()] = words.split(",")[0].strip()
+    return names
 
 
 def read_source(path: Path) -> Source:
@@ -427,6 +467,8 @@ def read_source(path: Path) -> Source:
         if source is not None:
             if not any(source.splits.values()):
                 break
+            if "words.txt" in tree:  # ImageNet's synset words, as Tiny-ImageNet ships them
+                source.names = _words_txt_names(_text_lines(tree, "words.txt", path, ""))
             return source
     raise SourceError(
         f"{path}: unknown layout (expected train/<class>/<image> with test/ or val/, "
@@ -435,28 +477,26 @@ def read_source(path: Path) -> Source:
     )
 
 
-def decode(sample: Sample, size: int | None, origin: Path, max_side: int | None = None) -> np.ndarray:
-    """The sample's pixels as H×W×3 uint8; with ``size``, the shorter side resized to
-    ``size`` (bicubic, antialiased) and the centre ``size``×``size`` kept; with
-    ``max_side``, an image whose longer side exceeds it is shrunk to it, aspect kept
-    (FFCV's ``max_resolution``)."""
-    try:
-        data = sample.read()
-        image = Image.fromarray(data) if isinstance(data, np.ndarray) else Image.open(io.BytesIO(data))
-        image.load()  # decodes fully now: a truncated file fails here, not later
-        image = image.convert("RGB")
-        if size is not None and image.size != (size, size):
-            width, height = image.size
-            scale = size / min(width, height)
-            resized = (max(size, round(width * scale)), max(size, round(height * scale)))
-            image = image.resize(resized, Image.Resampling.BICUBIC)
-            left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-        if max_side is not None and max(image.size) > max_side:
-            scale = max_side / max(image.size)
-            width, height = image.size
-            scaled = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = image.resize(scaled, Image.Resampling.BICUBIC)
-        return np.asarray(image, dtype=np.uint8)
-    except Exception as error:
-        raise SourceError(f"{origin}: cannot decode {sample.path} ({error})") from error
+HELD_OUT = ("test", "val")
+
+
+def duplicates_across_splits(source: Source) -> list[tuple[str, str]]:
+    """(held-out path, training path) of every held-out image (``test``/``val``) whose bytes
+    — the encoded file, or the pixels of an array source such as CIFAR — equal those of an
+    image of another split: the same picture trained on and evaluated on."""
+    seen: dict[bytes, str] = {}
+    for split, samples in source.splits.items():
+        if split not in HELD_OUT:
+            seen.update((_digest(sample), sample.path) for sample in reversed(samples))  # first one wins
+    return [
+        (sample.path, seen[digest])
+        for split, samples in source.splits.items()
+        if split in HELD_OUT
+        for sample in samples
+        if (digest := _digest(sample)) in seen
+    ]
+
+
+def _digest(sample: Sample) -> bytes:
+    data = sample.read()
+    return hashlib.blake2b(data.tobytes() if isinstance(data, np.ndarray) else data, digest_size=16).digest()
