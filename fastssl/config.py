@@ -38,6 +38,10 @@ class ModelConfig:
     the global batch, synchronised when there are several processes)."""
     bn_splits: int = 8
     """Split-BN groups per view of the global batch, shared out over processes (Mini-SSL: 8 of 32 images)."""
+    zero_init_residual: bool = False  # ResNet: each residual branch's last BN starts at γ = 0 (VICRegL's authors)
+    joint_views: bool = False
+    """One network call over both views (faster on a GPU; the heads' BN then pools the views and the running
+    statistics move once per step) instead of one per view, as Mini-SSL and solo-learn call it."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class OptimConfig:
     lars_eta: float = 0.02  # LARS trust coefficient η (You et al., 2017; solo-learn)
     lars_exclude_bias_and_norm: bool = True
     """LARS: biases and norm parameters get no adaptation and no decay (solo-learn)."""
-    warmup_epochs: float = 5.0  # linear warm-up from 0, then the schedule, per step (Mini-SSL)
+    warmup_epochs: float = 5.0  # linear warm-up, then the schedule, per step (Mini-SSL)
+    warmup_start_lr: float = 0.0  # the warm-up's first lr, not scaled (Mini-SSL: 0; solo-learn: 3e-5)
     schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up: cosine to 0 (Mini-SSL), or the peak lr
     accumulate_steps: int = 1
     """Gradient accumulation over micro-batches; refused for batch-dependent losses (all current methods)."""
@@ -109,6 +114,9 @@ class TrainConfig(Generic[M]):
     (default ~/.cache/fastssl) until a file's size, mtime or inode changes."""
     train_splits: tuple[str, ...] = ("train",)
     """Splits trained on, concatenated (STL-10: train and unlabeled); the kNN bank is "train"."""
+    eval_size: int | None = None
+    """Side of the evaluation images (kNN monitor, probes): each image's centred square at this size; default
+    the first view's size (Mini-SSL's STL-10: 64 px views, evaluated on the whole 96 px images). ResNets only."""
     views: ViewConfig = field(default_factory=ViewConfig)
     """The views of each image (the first view where there are several kinds)."""
     model: ModelConfig = field(default_factory=ModelConfig)  # the backbone
@@ -175,7 +183,7 @@ BOOKKEEPING = frozenset(f"run.{name}" for name in (
     "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "best_network", "stop_signals",
     "stop_after_steps", "stop_after_minutes", "progress_bar",
     "trackers", "channels_last", "compile", "cuda_graphs", "fused_optimizer", "fused_views",
-)) | {"data_verify"}
+)) | {"data_verify", "eval_size"}
 
 
 def validate(cfg: TrainConfig) -> list[str]:
@@ -200,9 +208,10 @@ def validate(cfg: TrainConfig) -> list[str]:
     for option, amount in positive.items():
         if not amount > 0:
             raise ConfigError(f"--{option} {amount}: must be positive")
-    if o.warmup_epochs < 0 or o.weight_decay < 0:
-        raise ConfigError(f"--optim.warmup-epochs {o.warmup_epochs} and --optim.weight-decay {o.weight_decay}: "
-                          "must not be negative")
+    for option, amount in {"optim.warmup-epochs": o.warmup_epochs, "optim.weight-decay": o.weight_decay,
+                           "optim.warmup-start-lr": o.warmup_start_lr}.items():
+        if amount < 0:
+            raise ConfigError(f"--{option} {amount}: must not be negative")
     for name in view_fields(cfg):
         view, flag = getattr(cfg, name), "--" + name.replace("_", "-")
         if view.size < 1:
@@ -213,6 +222,10 @@ def validate(cfg: TrainConfig) -> list[str]:
         for p in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
             if not 0 <= getattr(view, p) <= 1:
                 raise ConfigError(f"{flag}.{p.replace('_', '-')} {getattr(view, p)}: a probability, in [0, 1]")
+    if cfg.eval_size is not None and (cfg.eval_size < 1 or (cfg.model.arch.startswith("vit")
+                                                            and cfg.eval_size != cfg.views.size)):
+        raise ConfigError(f"--eval-size {cfg.eval_size}: must be at least 1, and a ViT's its views' size "
+                          f"({cfg.views.size})")
     if isinstance(cfg, LocalCropsTrainConfig) and cfg.local_crops < 0:
         raise ConfigError(f"--local-crops {cfg.local_crops}: must not be negative")
     for name in r.stop_signals:

@@ -172,6 +172,8 @@ def checkpoint_backbone(state: dict[str, Any], path: Path, role: Network = "stud
         model = dataclasses.replace(from_json(ModelConfig, config["model"]), norm="bn")
         views = from_json(ViewConfig, config["views"])
         network = backbone_from_config(model, views.size, 1)
+        if config.get("eval_size"):  # evaluated as the run evaluated it
+            views = dataclasses.replace(views, size=int(config["eval_size"]))
         data = str(config["data"])
     except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise CheckpointError(f"{path}: unreadable run configuration ({error})") from error

@@ -111,8 +111,11 @@ class Loader:
         rank: int = 0,
         world: int = 1,
         splits: tuple[str, ...] = ("train",),
+        eval_size: int | None = None,
     ) -> None:
+        """``eval_size``: the side of the evaluation images (default: the first view's)."""
         self.info = read_info(root)
+        self.eval_size = eval_size
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
         self.recipe, self.batch_size, self.device = recipe, batch_size, device
@@ -169,7 +172,7 @@ class Loader:
 
     def eval_loader(self, split: str, batch_size: int) -> Iterator[ViewBatch]:
         """Deterministic, un-augmented, normalised batches of this rank's shard of a split:
-        the centred square of each image at the training views' size.
+        the centred square of each image at ``eval_size`` (default: the first view's size).
 
         Every rank gets ⌈n/world⌉ images (the last ones repeated to even the shards);
         gather and index by ``indices`` to undo the sharding.
@@ -178,7 +181,7 @@ class Loader:
             self._eval_splits[split] = open_split(self.info, split, self.device)
         data = self._eval_splits[split]
         first = self.recipe.first
-        crop, normalize = centre_square(first.size), Normalize(first.mean, first.std)
+        crop, normalize = centre_square(self.eval_size or first.size), Normalize(first.mean, first.std)
         shard = -(-len(data) // self.world)
         positions = torch.arange(self.rank * shard, (self.rank + 1) * shard).clamp(max=len(data) - 1)
         for start in range(0, shard, batch_size):

@@ -18,7 +18,7 @@ class OnlineProbe(nn.Module):
         Images labelled −1 (unlabelled) are left out of both."""
         views = features.shape[0] // labels.shape[0]
         labels = labels.repeat(views)
-        logits = self.classifier(features.detach().float())
+        logits = self.classifier(features.detach().to(self.classifier.weight.dtype))
         labelled = (labels >= 0).float()
         correct = (logits.argmax(1) == labels).float() * labelled
         accuracy = 100.0 * correct.sum() / labelled.sum().clamp(min=1)
@@ -27,5 +27,5 @@ class OnlineProbe(nn.Module):
 
     @torch.no_grad()
     def accuracy(self, features: Tensor, labels: Tensor) -> float:
-        predicted = self.classifier(features.float()).argmax(1)
+        predicted = self.classifier(features.to(self.classifier.weight.dtype)).argmax(1)
         return 100.0 * (predicted == labels).float().mean().item()

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastssl.losses.precision import at_least_fp32
+
 try:
     import triton
     import triton.language as tl
@@ -38,8 +40,8 @@ MAX_FUSED_DIM = 256  # a query tile holds whole embeddings in registers
 
 
 def _masked_logits(q: Tensor, c: Tensor, scale: float, exclude: Tensor | None, start: int = 0) -> Tensor:
-    """q·cᵀ·scale in fp32 for the columns start…start+len(c), the excluded one at −∞."""
-    logits = (q.float() @ c.float().T) * scale
+    """q·cᵀ·scale in fp32 (fp64 for fp64 inputs) for the columns start…start+len(c), the excluded one at −∞."""
+    logits = (at_least_fp32(q) @ at_least_fp32(c).T) * scale
     if exclude is not None:
         columns = torch.arange(start, start + c.shape[0], device=q.device)
         logits = logits.masked_fill(exclude[:, None] == columns[None, :], float("-inf"))
@@ -51,14 +53,16 @@ def plain_lse(q: Tensor, c: Tensor, temperature: float, extra: Tensor | None = N
     """The reference: log-sum-exp of [extra, q·cᵀ/τ] per row over the whole N×M matrix."""
     logits = _masked_logits(q, c, 1.0 / temperature, exclude)
     if extra is not None:
-        logits = torch.cat([extra.float()[:, None], logits], 1)
+        logits = torch.cat([at_least_fp32(extra)[:, None], logits], 1)
     return torch.logsumexp(logits, 1)
 
 
 class _ChunkedLSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, c, extra, exclude, scale, chunk):
-        running = extra.float() if extra is not None else torch.full((q.shape[0],), float("-inf"), device=q.device)
+        precision = torch.promote_types(q.dtype, torch.float32)
+        running = (at_least_fp32(extra) if extra is not None
+                   else torch.full((q.shape[0],), float("-inf"), dtype=precision, device=q.device))
         for start in range(0, c.shape[0], chunk):
             block = _masked_logits(q, c[start : start + chunk], scale, exclude, start)
             running = torch.logaddexp(running, torch.logsumexp(block, 1))
@@ -70,15 +74,17 @@ class _ChunkedLSE(torch.autograd.Function):
     def backward(ctx, grad):
         q, c, extra, exclude, lse = ctx.saved_tensors
         scale, chunk = ctx.scale, ctx.chunk
-        weight = grad.float()[:, None] * scale
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        dc = torch.empty(c.shape, dtype=torch.float32, device=c.device)
+        weight = at_least_fp32(grad)[:, None] * scale
+        dq = torch.zeros(q.shape, dtype=weight.dtype, device=q.device)
+        dc = torch.empty(c.shape, dtype=weight.dtype, device=c.device)
         for start in range(0, c.shape[0], chunk):
             block = c[start : start + chunk]
             p = torch.exp(_masked_logits(q, block, scale, exclude, start) - lse[:, None]) * weight
-            dq += p @ block.float()
-            dc[start : start + chunk] = p.T @ q.float()
-        dextra = None if extra is None else (grad.float() * torch.exp(extra.float() - lse)).to(extra.dtype)
+            dq += p @ at_least_fp32(block)
+            dc[start : start + chunk] = p.T @ at_least_fp32(q)
+        dextra = None
+        if extra is not None:
+            dextra = (at_least_fp32(grad) * torch.exp(at_least_fp32(extra) - lse)).to(extra.dtype)
         return dq.to(q.dtype), dc.to(c.dtype), dextra, None, None, None
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastssl.losses.precision import at_least_fp32
+
 BN_EPS = 1e-5  # the authors standardise with BatchNorm1d(affine=False): its ε and biased variance
 
 
 def standardise(z: Tensor) -> Tensor:
     """Each dimension of N×D ``z`` to mean 0, variance 1 over the batch (biased variance,
     as BatchNorm1d in training mode), in fp32."""
-    z = z.float()
+    z = at_least_fp32(z)
     return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + BN_EPS)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastssl.losses.precision import at_least_fp32
 from fastssl.losses.swav import swapped_prediction
 
 
@@ -29,5 +30,5 @@ def dino_loss(
     outputs of the global views; ``center``: K. This is SwAV's swapped prediction with the
     teacher's distribution as the codes, so it is computed by ``swapped_prediction``.
     """
-    targets = F.softmax((teacher.detach().float() - center.float()) / teacher_temperature, dim=2)
+    targets = F.softmax((at_least_fp32(teacher.detach()) - at_least_fp32(center)) / teacher_temperature, dim=2)
     return swapped_prediction(student, targets, student_temperature)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastssl.kernels.contrastive import chunked_lse, fused_available, fused_lse, plain_lse
+from fastssl.losses.precision import at_least_fp32
 
 Backend = Literal["auto", "plain", "chunked", "fused"]
 
@@ -23,7 +24,7 @@ Backend = Literal["auto", "plain", "chunked", "fused"]
 def unit(x: Tensor) -> Tensor:
     """``x`` upcast to fp32 and L2-normalised along its last dimension (the embeddings every
     similarity-based loss compares)."""
-    return F.normalize(x.float(), dim=-1)
+    return F.normalize(at_least_fp32(x), dim=-1)
 
 
 def log_sum_exp(

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastssl.losses.infonce import unit
+from fastssl.losses.precision import at_least_fp32
 
 
 def _cosines(x: Tensor, rows: Tensor) -> Tensor:
@@ -60,10 +61,10 @@ def nnclr_loss(
     n, k, dim = nn.shape
     own = torch.arange(n, device=p.device) + offset
     # Neighbour as anchor: N·k rows, each picking its image's prediction out of all M.
-    logits = (nn.reshape(n * k, dim) @ all_p.T).float() / temperature
+    logits = at_least_fp32(nn.reshape(n * k, dim) @ all_p.T) / temperature
     neighbour_anchor = F.cross_entropy(logits, own.repeat_interleave(k))
     # Prediction as anchor: one softmax over all M·k neighbours, its own k summed.
-    log_probs = F.log_softmax((p @ all_nn.reshape(-1, dim).T).float() / temperature, dim=1)
+    log_probs = F.log_softmax(at_least_fp32(p @ all_nn.reshape(-1, dim).T) / temperature, dim=1)
     prediction_anchor = -log_probs.view(n, -1, k)[torch.arange(n, device=p.device), own].sum(1).mean()
     return 0.5 * (neighbour_anchor + prediction_anchor)
 
@@ -78,7 +79,7 @@ def msf_loss(prediction: Tensor, target: Tensor, neighbours: Tensor) -> Tensor:
     ``prediction``, ``target``: N×D; ``neighbours``: N×k×D. (The official code counts the
     target among its own k neighbours, having enqueued it first: k targets, not k + 1.)
     """
-    targets = torch.cat([target[:, None].float(), neighbours.float()], 1)  # the target first, as Mini-SSL
+    targets = torch.cat([at_least_fp32(target[:, None]), at_least_fp32(neighbours)], 1)  # the target first, as Mini-SSL
     return (2 - 2 * _cosines(prediction, targets)).mean()
 
 
@@ -106,6 +107,6 @@ def snclr_loss(
     # Positiveness of each own neighbour: the cross-attention softmax over its k cosines.
     attention = F.softmax(_cosines(projection, c[offset : offset + n, 1:]), dim=1)
     weights = torch.cat([torch.ones_like(attention[:, :1]), attention], 1)
-    log_probs = F.log_softmax((p @ c.reshape(-1, dim).T).float() / temperature, dim=1)
+    log_probs = F.log_softmax(at_least_fp32(p @ c.reshape(-1, dim).T) / temperature, dim=1)
     own = log_probs.view(n, -1, c.shape[1])[rows, rows + offset]  # image i's target and neighbours
     return -(weights * own).sum(1).mean()

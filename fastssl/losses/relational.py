@@ -7,6 +7,8 @@ side (key and memory) is a target: no gradient reaches it.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,35 +32,45 @@ def ressl_loss(query: Tensor, key: Tensor, memory: Tensor, temperature: float, t
     return -(target * F.log_softmax(q @ m.T / temperature, dim=1)).sum(1).mean()
 
 
-def sce_target(key: Tensor, memory: Tensor, teacher_temperature: float, coefficient: float) -> Tensor:
+def sce_target(
+    key: Tensor, memory: Tensor, teacher_temperature: float, coefficient: float,
+    positive_relation: Literal["zero", "masked"] = "zero",
+) -> Tensor:
     """SCE (Denize et al., 2023), Eq. 5–6: the target over the candidates [k, m_1 … m_K],
 
-        w_+ = λ,   w_i = (1 − λ) · exp(k·m_i/τ_m) / Σ_j exp(k·m_j/τ_m)
+        w_+ = λ + (1 − λ)·r_+,   w_i = (1 − λ)·r_i,   r = softmax([s_+, k·m_1 … k·m_K] / τ_m)
 
-    λ on the positive (the one-hot, Eq. 6) plus 1 − λ spread over the memory by the
-    teacher's similarities, in which the positive's similarity to itself is masked (Eq. 5:
-    it gets no relational mass). Each row sums to 1. N×(1+K), no gradient.
+    λ on the positive (the one-hot, Eq. 6) plus 1 − λ spread by the teacher's relation r.
+    The positive's own teacher similarity s_+: ``"zero"`` puts 0 there, as SCE's and
+    Mini-SSL's code do (``sim_k_ktarget = zeros``), which leaves it e^0/Z of the relational
+    mass (negligible at τ_m 0.05 against thousands of memory slots); ``"masked"`` gives it
+    none (Eq. 5's 1_{i≠k}). Each row sums to 1. N×(1+K), no gradient.
     """
     k, m = unit(key).detach(), unit(memory).detach()
-    relation = F.softmax(k @ m.T / teacher_temperature, dim=1)
-    return torch.cat([torch.full_like(relation[:, :1], coefficient), (1 - coefficient) * relation], dim=1)
+    similarities = k @ m.T
+    if positive_relation == "zero":
+        similarities = torch.cat([torch.zeros_like(similarities[:, :1]), similarities], dim=1)
+    relation = F.softmax(similarities / teacher_temperature, dim=1)
+    if positive_relation == "masked":
+        relation = torch.cat([torch.zeros_like(relation[:, :1]), relation], dim=1)
+    one_hot = torch.zeros_like(relation)
+    one_hot[:, 0] = 1.0
+    return coefficient * one_hot + (1 - coefficient) * relation
 
 
 def sce_loss(
-    query: Tensor, key: Tensor, memory: Tensor, temperature: float, teacher_temperature: float, coefficient: float
+    query: Tensor, key: Tensor, memory: Tensor, temperature: float, teacher_temperature: float, coefficient: float,
+    positive_relation: Literal["zero", "masked"] = "zero",
 ) -> Tensor:
     """SCE (Denize et al., 2023), Eq. 5–7: the cross-entropy from ``sce_target`` to the
     student's softmax over the same candidates,
 
         s_+ = exp(q·k/τ) / Z,   s_i = exp(q·m_i/τ) / Z,   L = −(w_+ log s_+ + Σ_i w_i log s_i)
 
-    λ = 1 is MoCo's InfoNCE; λ = 0 is ReSSL's relation with the positive among the
-    candidates. SCE's and Mini-SSL's code put a similarity of 0 in the positive's teacher
-    slot rather than masking it, which leaves it e^0/Z of the relational mass (negligible
-    at τ_m = 0.05 against thousands of memory slots); fastssl follows Eq. 5.
-    ``query``, ``key``: N×D; ``memory``: K×D. Mean over the N queries.
+    λ = 1 is MoCo's InfoNCE; λ = 0 with ``"masked"`` is ReSSL's relation with the positive
+    among the candidates. ``query``, ``key``: N×D; ``memory``: K×D. Mean over the N queries.
     """
     q, k, m = unit(query), unit(key).detach(), unit(memory).detach()
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ m.T], dim=1) / temperature
-    target = sce_target(k, m, teacher_temperature, coefficient)
+    target = sce_target(k, m, teacher_temperature, coefficient, positive_relation)
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()

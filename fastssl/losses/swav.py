@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastssl.distributed import gather
+from fastssl.losses.precision import at_least_fp32
 
 
 def _sum_over_processes(x: Tensor) -> Tensor:
@@ -35,7 +36,7 @@ def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -
     constant factors that the next normalisation divides out; rows and columns are
     normalised to sum 1 instead, which leaves the same codes.
     """
-    logits = scores.float() / epsilon
+    logits = at_least_fp32(scores) / epsilon
     # exp overflows fp32 past 88 (1/ε = 20 for cosine scores, but not for every ε). A factor
     # per prototype cancels in the first row normalisation, so each prototype's scores are
     # shifted by their maximum over all processes' samples.
@@ -59,7 +60,7 @@ def swapped_prediction(scores: Tensor, codes: Tensor, temperature: float | Tenso
     """
     views, n = scores.shape[0], scores.shape[1]
     assigned = codes.shape[0]
-    log_p = F.log_softmax(scores.float() / temperature, dim=2)
-    cross = -torch.einsum("ank,vnk->av", codes.float(), log_p) / n  # A×V: ℓ of each (code, prediction) pair
+    log_p = F.log_softmax(at_least_fp32(scores) / temperature, dim=2)
+    cross = -torch.einsum("ank,vnk->av", at_least_fp32(codes), log_p) / n  # A×V: ℓ of each (code, prediction) pair
     other_view = 1.0 - torch.eye(assigned, views, device=cross.device)
     return (cross * other_view).sum() / (assigned * (views - 1))

@@ -13,13 +13,12 @@ Each way keeps only the ``num_matches`` best-matched cells of every image (the p
 likely to show the same content) and scores the kept pairs with the VICReg terms, whose
 variance and covariance are taken over the batch for each kept slot (``fastssl.losses.vicreg``).
 
-Departures from the authors' ``main_vicregl.py`` (@1345219): its ``local_loss`` overwrites
-instead of accumulating the per-pair losses, so only the last ordered pair of views counts,
-divided by the number of pairs (halved, for two views); here every ordered pair counts. Its
-``--no-flip-grid 1`` default leaves a flipped view's cell locations unflipped; here they
-follow the flip. Its VICReg terms average the variance and covariance of the two sides (half
-the paper's Eq. 6 sum); here the global and local terms are both Eq. 6, so α = 1 is exactly
-VICReg.
+The reference is the authors' ``main_vicregl.py`` on their main branch (803ae4c, after
+d14c226 "Fix local loss", which made every ordered pair of views count): its VICReg terms
+average the two sides' variance and covariance (``reductions`` ("mean", "mean"); VICReg's
+Eq. 6 sums them), its ``--l2_all_matches 1`` keeps every cell in the feature-based matching
+(``all_feature_matches``), and its ``--no-flip-grid 1`` leaves a flipped view's cell
+locations unflipped (the method's ``flip_grid`` False, ``cell_centres`` given no flips).
 """
 
 from __future__ import annotations
@@ -29,7 +28,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from fastssl.losses.vicreg import vicreg_loss
+from fastssl.losses.precision import at_least_fp32
+from fastssl.losses.vicreg import Reduction, vicreg_loss
 
 
 def cell_centres(boxes: Tensor, flipped: Tensor, height: int, width: int) -> Tensor:
@@ -40,7 +40,7 @@ def cell_centres(boxes: Tensor, flipped: Tensor, height: int, width: int) -> Ten
     bools, the view mirrored after cropping. Cell (i, j) covers rows i/h…(i+1)/h and columns
     j/w…(j+1)/w of the view, i.e. of the crop, whose columns run right to left when flipped.
     """
-    top, left, crop_h, crop_w = boxes.float().unbind(1)
+    top, left, crop_h, crop_w = at_least_fp32(boxes).unbind(1)
     rows = (torch.arange(height, device=boxes.device) + 0.5) / height  # fractions of the crop
     cols = (torch.arange(width, device=boxes.device) + 0.5) / width
     cols = torch.where(flipped[:, None], 1 - cols, cols)  # M×w
@@ -67,11 +67,12 @@ def _take(maps: Tensor, cells: Tensor) -> Tensor:
 
 
 def matched_loss(
-    maps_a: Tensor, maps_b: Tensor, distances: Tensor, num_matches: int, weights: tuple[float, float, float]
+    maps_a: Tensor, maps_b: Tensor, distances: Tensor, num_matches: int, weights: tuple[float, float, float],
+    reductions: tuple[Reduction, Reduction] = ("sum", "sum"),
 ) -> Tensor:
-    """VICReg (Eq. 6 of VICReg) on ``maps_a``'s best-matched cells and their partners in ``maps_b``."""
+    """VICReg on ``maps_a``'s best-matched cells and their partners in ``maps_b``."""
     cells, partners = nearest_matches(distances, num_matches)
-    return vicreg_loss(_take(maps_a, cells), _take(maps_b, partners), weights)
+    return vicreg_loss(_take(maps_a, cells), _take(maps_b, partners), weights, reductions)
 
 
 def local_loss(
@@ -82,6 +83,7 @@ def local_loss(
     num_matches: tuple[int, int] = (7, 2),
     weights: tuple[float, float, float] = (25.0, 25.0, 1.0),
     all_feature_matches: bool = False,
+    reductions: tuple[Reduction, Reduction] = ("sum", "sum"),
 ) -> Tensor:
     """The local criterion for two views: ``maps``: N×P×D local embeddings, ``centres``:
     N×P×2 source coordinates of their cells (``cell_centres``).
@@ -89,19 +91,20 @@ def local_loss(
     The authors loop over the ordered pairs of views (1, 2) and (2, 1); each pair matches
     its first view's cells into the second keeping ``num_matches[0]``, and the second's into
     the first keeping ``num_matches[1]``, by location and by feature, averaging the two
-    directions and summing the two ways. Over both pairs that is each direction scored once
+    directions and summing the two ways (``_local_loss``, 803ae4c). Over both pairs that is each direction scored once
     with each ``num_matches``, all divided by 4. ``all_feature_matches`` keeps every cell in
     the feature-based matching (the authors' ``--l2_all_matches 1``).
     """
-    maps1, maps2 = maps1.float(), maps2.float()
+    maps1, maps2 = at_least_fp32(maps1), at_least_fp32(maps2)
     every_cell = maps1.shape[1]
     total = maps1.new_zeros(())
     for a, b, at_a, at_b in ((maps1, maps2, centres1, centres2), (maps2, maps1, centres2, centres1)):
-        by_location = torch.cdist(at_a.float(), at_b.float())
+        by_location = torch.cdist(at_least_fp32(at_a), at_least_fp32(at_b))
         by_feature = torch.cdist(a.detach(), b.detach())  # an index choice: no gradient through it
         for k in num_matches:
-            total = total + matched_loss(a, b, by_location, k, weights)
-            total = total + matched_loss(a, b, by_feature, every_cell if all_feature_matches else k, weights)
+            total = total + matched_loss(a, b, by_location, k, weights, reductions)
+            total = total + matched_loss(a, b, by_feature, every_cell if all_feature_matches else k, weights,
+                                         reductions)
     return total / 4
 
 
@@ -122,9 +125,10 @@ def vicregl_loss(
     num_matches: tuple[int, int] = (7, 2),
     weights: tuple[float, float, float] = (25.0, 25.0, 1.0),
     all_feature_matches: bool = False,
+    reductions: tuple[Reduction, Reduction] = ("sum", "sum"),
 ) -> VICRegLLoss:
     """α·VICReg(z1, z2) + (1 − α)·local criterion. ``z1``, ``z2``: N×D global embeddings;
     the rest as ``local_loss``."""
-    global_term = vicreg_loss(z1, z2, weights)
-    local_term = local_loss(maps1, maps2, centres1, centres2, num_matches, weights, all_feature_matches)
+    global_term = vicreg_loss(z1, z2, weights, reductions)
+    local_term = local_loss(maps1, maps2, centres1, centres2, num_matches, weights, all_feature_matches, reductions)
     return VICRegLLoss(alpha * global_term + (1 - alpha) * local_term, global_term, local_term)

@@ -69,17 +69,40 @@ class Encoded:
 class Encoder(nn.Module):
     """Backbone, projection head and optional predictor: the trainable network the loop
     wraps in DDP, so everything that learns must sit inside it (a method with more heads
-    subclasses it). ``with_map`` also returns the backbone's last feature map."""
+    subclasses it and overrides ``encode_together``). ``with_map`` also returns the
+    backbone's last feature map.
+
+    With ``view_size`` set (``Method.call_per_view``), a call on several views stacked
+    view-major runs the network once per view of ``view_size`` images, as Mini-SSL and
+    solo-learn call it: each view's BN layers (backbone and heads) normalise over that
+    view alone and move their running statistics once per view. ``None``: one call over
+    everything given (``--model.joint-views``), where the heads' BN pools the views."""
 
     backbone: Backbone
     projector: nn.Module
     predictor: nn.Module | None
+    view_size: int | None = None
 
     def __init__(self, backbone: Backbone, projector: nn.Module, predictor: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone, self.projector, self.predictor = backbone, projector, predictor
 
     def forward(self, images: Tensor, with_map: bool = False) -> Encoded:
+        if self.view_size is None or len(images) <= self.view_size:
+            return self.encode_together(images, with_map)
+        if len(images) % self.view_size:
+            raise ValueError(f"a call on {len(images)} images does not split into views of {self.view_size}")
+        parts = [self.encode_together(view, with_map) for view in images.split(self.view_size)]
+
+        def joined(name: str) -> Tensor | None:
+            return None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
+
+        return Encoded(features=torch.cat([p.features for p in parts]),
+                       projection=torch.cat([p.projection for p in parts]),
+                       prediction=joined("prediction"), feature_map=joined("feature_map"))
+
+    def encode_together(self, images: Tensor, with_map: bool = False) -> Encoded:
+        """One network call over every image in ``images``."""
         feature_map = None
         if with_map:
             features, feature_map = self.backbone.forward_with_map(images)
@@ -100,8 +123,8 @@ class PrototypeEncoder(Encoder):
         super().__init__(backbone, projector)
         self.prototypes = prototypes
 
-    def forward(self, images: Tensor, with_map: bool = False) -> Encoded:
-        encoded = super().forward(images, with_map)
+    def encode_together(self, images: Tensor, with_map: bool = False) -> Encoded:
+        encoded = super().encode_together(images, with_map)
         z = F.normalize(encoded.projection, dim=1)
         return Encoded(features=encoded.features, projection=z, prediction=self.prototypes(z),
                        feature_map=encoded.feature_map)
@@ -128,7 +151,8 @@ class EMATeacher(nn.Module):
         for name in without:
             setattr(self.network, name, None)
         self.network.requires_grad_(False)
-        self.register_buffer("momentum", torch.tensor(float(momentum)))
+        # In float64, so m is the recipe's exactly: in fp32 0.99 is 0.99000000954, 1 − m off by 1e-6 of itself.
+        self.register_buffer("momentum", torch.tensor(float(momentum), dtype=torch.float64))
 
     def set_momentum(self, momentum: float) -> None:
         self.momentum.fill_(momentum)  # an asynchronous device write, no synchronisation
@@ -225,6 +249,15 @@ class Method(nn.Module):
     def bind_student(self, wrapped: nn.Module) -> None:
         """Call the student through ``wrapped`` (a DDP wrapper), keeping state-dict keys."""
         self.__dict__["_student_call"] = wrapped
+
+    def call_per_view(self, view_size: int) -> None:
+        """Run each network (student, teacher) that has BN layers once per view of
+        ``view_size`` images (``Encoder.view_size``); networks without BN (ViTs, whose
+        norms are per sample) compute the same either way and keep one call."""
+        for module in self.modules():
+            if isinstance(module, Encoder) and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                   for m in module.modules()):
+                module.view_size = view_size
 
     def encode(self, images: Tensor, *args, **kwargs) -> Encoded:
         """The student on ``images``, through its DDP wrapper when there is one."""

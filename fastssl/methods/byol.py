@@ -7,9 +7,11 @@ representation from collapsing. The loss (Eq. 2) is the squared distance of the 
 vectors, 2 − 2·cos(q_θ(z_θ), z′_ξ); both views take each role and the two directions are
 averaged (Mini-SSL's ``--symmetric``; the paper adds them, §3.1 — an lr factor of 2).
 
-The target's momentum τ rises from τ_base to 1 along a half cosine over training
-(§3.3: τ = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2). The EMA is applied before each forward
-pass (Mini-SSL, as MoCo), with the momentum of that step.
+The target's momentum τ is Mini-SSL's constant 0.99 by default; ``momentum_final`` 1 gives
+the paper's rise along a half cosine (§3.3: τ = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2). The
+EMA is applied before each forward pass (Mini-SSL, as MoCo), with the momentum of that
+step. The target's batch is shuffled across BN groups and put back (Mini-SSL's BYOL.py
+``batch_shuffle``, as MoCo's key encoder).
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ from fastssl.losses.cosine import normalized_l2
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import byol_heads
-from fastssl.recipes import register
-from fastssl.recipes.defaults import BYOL_PAPER_PAIR, mini_ssl_tiny_imagenet
+from fastssl.recipes import preset, register
+from fastssl.recipes.defaults import BYOL_PAPER_PAIR, MINI_SSL_PAIR, mini_ssl_tiny_imagenet
 from pipelines.batch import ViewBatch
 
 
 @dataclass(frozen=True)
 class BYOLConfig:
-    momentum: float = 0.99  # τ_base (solo-learn CIFAR, Mini-SSL CIFAR; the paper's ImageNet 0.996)
-    # τ at the end of training: 1 as the paper and solo-learn; 0.99 keeps it constant (Mini-SSL)
-    momentum_final: float = 1.0  # τ at the end of training (1: the paper's schedule; 0.99: Mini-SSL's constant)
+    momentum: float = 0.99  # τ_base (Mini-SSL CIFAR, solo-learn CIFAR; the paper's ImageNet 0.996)
+    # τ at the end of training: None keeps τ_base throughout (Mini-SSL's BYOL run, --momentum
+    # 0.99; its Tiny-ImageNet run 0.996); 1 is the paper's and solo-learn's cosine schedule
+    momentum_final: float | None = None
+    shuffle_bn: bool = True  # shuffle the target's batch across BN groups (Mini-SSL BYOL.py)
     # Projector 512→2048 (BN, ReLU)→128 and predictor 128→2048 (BN, ReLU)→128 (Mini-SSL
     # BYOL.py; the paper: 4096 hidden, 256 out). The hidden layers keep their bias before
     # BN, which BN cancels: the same function as Mini-SSL's bias-free ones.
@@ -49,29 +53,31 @@ class BYOL(Method):
         self.teacher = EMATeacher(self.student, cfg.momentum, without=("predictor",))
 
     def before_step(self, progress: Progress) -> None:
-        self.teacher.follow(self.student, self.cfg.momentum, self.cfg.momentum_final, progress)
+        final = self.cfg.momentum if self.cfg.momentum_final is None else self.cfg.momentum_final
+        self.teacher.follow(self.student, self.cfg.momentum, final, progress)
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         images = batch.views["global"]
         student = self.encode(images)
         p1, p2 = student.predicted.chunk(2)
-        z1, z2 = self.teacher(images).projection.chunk(2)
+        z1, z2 = self.teacher.projections(images, 2, self.cfg.shuffle_bn).chunk(2)
         loss = 0.5 * (normalized_l2(p1, z2) + normalized_l2(p2, z1))
         metrics = {"ema_momentum": self.teacher.momentum.clone()}  # a copy: the buffer changes next step
         return MethodOutput(loss=loss, metrics=metrics, features=student.features.detach(),
                             embedding=student.projection.chunk(2)[0].detach())
 
 
-# Mini-SSL's BYOL run (main_pretrain_evaluation.sh): its backbone, SGD and schedule; the
-# paper's momentum schedule and asymmetric views. Sources disagree on the views: the paper's
-# jitter has saturation 0.2 and its crops scale 0.08–1, and it blurs view 1 always
-# (``--views.blur-p 1``); solo-learn's CIFAR asymmetric.yaml blurs neither view
-# (``--views.blur-p 0 --second-views.blur-p 0``); Mini-SSL's own BYOL run uses its symmetric
-# views (``--second-views.blur-p 0.5 --second-views.solarize-p 0``), keeps τ at 0.99
-# (``--method.momentum-final 0.99``) and shuffles the target's batch across BN groups, which
-# fastssl does not (without negatives BN cannot leak a shortcut to a contrastive target).
-# solo-learn trains 1000 epochs with LARS 1.0, wd 1e-5.
+# Mini-SSL's BYOL run (main_pretrain_evaluation.sh with --momentum 0.99; BYOL.py at 4a82212):
+# its backbone, SGD and schedule, its views (the same augmentation for both, held as a
+# second view so a preset can change it), its constant τ and its shuffled target.
+# ``cifar10-paper``: the paper's schedule (τ 0.99 → 1) and asymmetric pair (view 2 blurred
+# with p 0.1 and solarised with p 0.2; view 1 keeps Mini-SSL's blur p 0.5 where the paper
+# blurs always: ``--views.blur-p 1``). Other sources: solo-learn's CIFAR byol.yaml takes its
+# asymmetric.yaml (no blur on either view) and trains 1000 epochs with LARS 1.0, wd 1e-5.
 register(
-    "byol", BYOL, BYOLConfig, summary="BYOL, cosine EMA to 1, asymmetric views · Mini-SSL (+ the paper's schedule)",
-    views=BYOL_PAPER_PAIR, presets=mini_ssl_tiny_imagenet(BYOLConfig),
+    "byol", BYOL, BYOLConfig, summary="BYOL, constant EMA 0.99, shuffled target · Mini-SSL",
+    views=MINI_SSL_PAIR,
+    presets={**mini_ssl_tiny_imagenet(BYOLConfig),
+             "cifar10-paper": preset("cifar10", second_views=BYOL_PAPER_PAIR.defaults["second_views"],
+                                     method={"momentum_final": 1.0})},
 )

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastssl.distributed import gather
+from fastssl.losses.precision import at_least_fp32
 
 
 class FeatureQueue(nn.Module):
@@ -34,7 +35,7 @@ class FeatureQueue(nn.Module):
     @torch.no_grad()
     def push(self, embeddings: Tensor) -> None:
         """Add this process's ``embeddings`` (N×dim; normalised here) and every other's."""
-        new = gather(F.normalize(embeddings.detach().float(), dim=1))
+        new = gather(F.normalize(at_least_fp32(embeddings.detach()), dim=1))
         if len(new) > len(self):
             raise ValueError(f"{len(new)} embeddings per step do not fit a memory of {len(self)}")
         slots = (self.pointer + torch.arange(len(new), device=new.device)) % len(self)

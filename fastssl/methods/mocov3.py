@@ -28,7 +28,7 @@ from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Prog
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
 from fastssl.recipes import preset, register
-from fastssl.recipes.defaults import BYOL_PAPER_PAIR, DATA_SETS, SOLO_LARS
+from fastssl.recipes.defaults import DATA_SETS, SOLO_ASYMMETRIC, SOLO_LARS, SOLO_MODEL
 from pipelines.batch import ViewBatch
 
 
@@ -91,22 +91,24 @@ class MoCoV3(Method):
                             embedding=student.projection.chunk(2)[0].detach())
 
 
-# ResNet-18: solo-learn's CIFAR mocov3.yaml — its LARS at lr 0.3 × batch/256 and wd 1e-6
-# (the paper's ResNet-50: LARS 0.3–0.6, wd 1e-6, 10 warm-up epochs) — with the paper's views
-# ("following BYOL's augmentation recipe", crop scale 0.2–1 as its ResNet runs' --crop-min):
-# the BYOL pair (BYOL_PAPER_PAIR, as the BYOL recipe). Sources disagree: the paper's jitter has saturation 0.2;
-# solo-learn's CIFAR asymmetric.yaml blurs neither view and crops 0.08–1. solo-learn trains
-# 1000 epochs. ``<data set>-vit``: the paper's CONFIG.md for ViT-S scaled to ViT-Tiny (patch 4
-# at 32 px): AdamW lr 1.5e-4 × batch/256, wd 0.1, 40 warm-up epochs, crops of scale 0.08–1
-# (its ViT runs keep the default --crop-min), a 3-layer projector and a predictor ending in
-# BN (MoCo_ViT). Not reproduced: the paper's frozen random patch projection (--stop-grad-conv1).
+# ResNet-18: solo-learn's CIFAR mocov3.yaml — its asymmetric.yaml views (crops 0.08–1, jitter
+# saturation 0.2, no blur, view 2 solarised with p 0.2), its LARS at lr 0.3 × batch/256 and wd
+# 1e-6, 10 warm-up epochs from 3e-5, plain BN over each view — for fastssl's 200 epochs
+# (solo-learn: 1000). The paper's ResNet-50 follows BYOL's augmentation (blur 1/0.1, crops
+# 0.2–1 as its --crop-min): ``--second-views.blur-p 0.1 --views.blur-p 1`` and the crop scales.
+# ``<data set>-vit``: the paper's CONFIG.md for ViT-S scaled to ViT-Tiny (patch 4 at 32 px):
+# AdamW lr 1.5e-4 × batch/256, wd 0.1, 40 warm-up epochs from 0, crops of scale 0.08–1 (its
+# ViT runs keep the default --crop-min), a 3-layer projector and a predictor ending in BN
+# (MoCo_ViT). Not reproduced: the paper's frozen random patch projection (--stop-grad-conv1).
 register(
     "mocov3", MoCoV3, MoCoV3Config,
     summary="MoCo v3, ResNet or ViT (--preset cifar10-vit) · solo-learn / the paper (ViT)",
-    views=BYOL_PAPER_PAIR, optim=replace(SOLO_LARS, weight_decay=1e-6),
+    views=SOLO_ASYMMETRIC, optim=replace(SOLO_LARS, weight_decay=1e-6), model=SOLO_MODEL,
     presets={f"{name}-vit": preset(
         name, every_view={"crop_scale": (0.08, 1.0)}, model={"arch": "vit_tiny"},
-        optim={"optimizer": "adamw", "lr_per_256": 1.5e-4, "weight_decay": 0.1, "warmup_epochs": 40},
+        optim={"optimizer": "adamw", "lr_per_256": 1.5e-4, "weight_decay": 0.1, "warmup_epochs": 40,
+               "warmup_start_lr": 0.0},
         method={"proj_layers": 3, "pred_last_bn": True},
+        eval_size=None,  # a ViT's position embedding fits its views' size, so it is tested at it
     ) for name in DATA_SETS},
 )

@@ -77,9 +77,11 @@ class MSF(Method):
 # Mini-SSL's recipe (main_pretrain_evaluation.sh with --weak, MSF.py). Sources disagree: the
 # official code (ImageNet) enqueues the target before the search, so its top-5 counts the
 # target (4 neighbours, Mini-SSL's 5 + 1), is one-directional, and uses a 1,024,000 memory
-# with weak/weak views; the Mini-SSL README's later fix puts the second direction before the
-# memory update, which fastssl does for both (memory pushed after the optimiser step).
-# Mini-SSL's stored MSF.py still enqueues between the two directions.
+# with weak/weak views. Mini-SSL's MSF.py (since its fix 4a82212) scores both directions
+# against the memory as it was before the step and enqueues after them, as fastssl does (the
+# memory is pushed after the optimiser step). Its online and target networks see the strong
+# and the weak view in separate calls, so their BN never pools the two (fastssl's per-view
+# calls, the default; ``--model.joint-views`` pools them).
 register(
     "msf", MSF, MSFConfig, summary="Mean Shift, weak target view · Mini-SSL",
     views=MINI_SSL_STRONG_WEAK, presets=mini_ssl_tiny_imagenet(MSFConfig),

@@ -15,6 +15,7 @@ pushed after the optimiser step, shuffled BN — is ReSSL's, so only the objecti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor
 
@@ -33,6 +34,8 @@ class SCEConfig(ReSSLConfig):
     proj_dim: int = 256  # projection (embedding) dimension
     symmetric: bool = True  # both directions, averaged (Mini-SSL --symmetric; SCE's config: off)
     coefficient: float = 0.5  # λ, the one-hot's share of the target (Mini-SSL SCE.py; SCE's own configs)
+    # The positive's teacher similarity in the relation: 0 (SCE's and Mini-SSL's code) or masked (Eq. 5)
+    positive_relation: Literal["zero", "masked"] = "zero"  # the positive's teacher similarity: 0 or masked
 
 
 class SCE(ReSSL):
@@ -41,7 +44,7 @@ class SCE(ReSSL):
     def objective(self, query: Tensor, key: Tensor, memory: Tensor) -> Tensor:
         """One direction: ``query`` against [``key``, memory], soft target from ``key``."""
         c = self.cfg
-        return sce_loss(query, key, memory, c.temperature, c.teacher_temperature, c.coefficient)
+        return sce_loss(query, key, memory, c.temperature, c.teacher_temperature, c.coefficient, c.positive_relation)
 
 
 # Mini-SSL's recipe (main_pretrain_evaluation.sh with --weak --symmetric; SCE.py, after its
@@ -49,8 +52,8 @@ class SCE(ReSSL):
 # disagree: SCE's own CIFAR-10 config (CEA-LIST/SCE) has the same optimiser, schedule, τ,
 # τ_m, λ, memory and EMA, but one direction (sym False), a 512→512 (BN, ReLU)→128 projector
 # and a weak flip of p 0.5. SCE's and Mini-SSL's code give the positive's teacher slot a
-# similarity of 0 instead of masking it (fastssl masks it, as Eq. 5; the difference is
-# negligible at τ_m 0.05).
+# similarity of 0 where Eq. 5 masks it; fastssl follows the code
+# (``--method.positive-relation masked`` for the equation; negligible at τ_m 0.05).
 register(
     "sce", SCE, SCEConfig, summary="SCE · Mini-SSL",
     views=MINI_SSL_STRONG_WEAK, presets=mini_ssl_tiny_imagenet(SCEConfig),

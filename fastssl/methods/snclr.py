@@ -21,6 +21,7 @@ from torch import Tensor
 
 from fastssl.distributed import gather, rank
 from fastssl.losses.neighbours import nearest_neighbours, snclr_loss
+from fastssl.losses.precision import at_least_fp32
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
@@ -69,7 +70,7 @@ class SNCLR(Method):
         """One direction: the ``prediction`` and ``projection`` of one view against the
         ``target`` of the other and its neighbours, every process's images as candidates."""
         _, neighbours = nearest_neighbours(target, memory, self.cfg.top_k)
-        candidates = gather(torch.cat([target[:, None].float(), neighbours], 1))
+        candidates = gather(torch.cat([at_least_fp32(target[:, None]), neighbours], 1))
         return snclr_loss(prediction, projection, candidates, self.cfg.temperature, rank() * len(prediction))
 
     def forward(self, batch: ViewBatch) -> MethodOutput:

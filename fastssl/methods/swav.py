@@ -8,11 +8,19 @@ equipartition constraint, computed without gradient by three Sinkhorn–Knopp it
 Eq. 1–2). With multi-crop (§3.2) the local views only predict: codes come from the global
 views alone.
 
-Three details from the paper's training loop: the prototypes are projected back onto the
-unit sphere before every step; their gradients are dropped for the first epochs, while the
-assignments are still random; and since a batch is small next to K prototypes, the codes
-are computed over a queue of recent projections too (§3.1, "Working with small batches"),
-scored with the current prototypes, their codes discarded.
+Details of the training loop: the prototypes' gradients are dropped for the first epochs,
+while the assignments are still random; and since a batch is small next to K prototypes,
+the codes are computed over a queue of recent projections too (§3.1, "Working with small
+batches"), scored with the current prototypes, their codes discarded.
+
+The prototypes are unit vectors, parameterised as solo-learn does (``weight_norm`` with the
+gain fixed at 1: C = V/‖V‖ row by row, ``models.heads.Prototypes``), so the gradient has no
+radial part and weight decay and LARS's trust ratio act on V. The SwAV authors instead score
+with V itself and put V back on the sphere in place before every step
+(``--method.renormalize-prototypes``: the scores are then theirs, and only the radial part of
+the gradient, which their renormalisation undoes at the next step, is absent). solo-learn
+wins by default because the rest of the recipe (LARS at 0.6, wd 1e-6, K 3000, the queue) is
+its CIFAR recipe, tuned with its parameterisation.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import Prototypes, mlp
 from fastssl.recipes import register
-from fastssl.recipes.defaults import SOLO_LARS, SOLO_SYMMETRIC_VIEW, multi_crop
+from fastssl.recipes.defaults import SOLO_LARS, SOLO_MODEL, SOLO_SYMMETRIC_VIEW, multi_crop
 from pipelines.batch import ViewBatch
 
 
@@ -48,6 +56,9 @@ class SwAVConfig:
     queue_size: int = 3840  # past projections per global view in the assignments (0: no queue)
     queue_start_epoch: int = 10  # first epoch whose assignments use the queue
     freeze_prototypes_epochs: int = 2  # no prototype updates before (solo-learn CIFAR; paper: 1 epoch)
+    # Put the prototypes back on the unit sphere in place before every step (the authors'
+    # code) besides normalising them in the forward pass (solo-learn's weight_norm)
+    renormalize_prototypes: bool = False  # renormalise V in place before every step (the SwAV authors)
 
 
 class SwAV(Method):
@@ -65,7 +76,8 @@ class SwAV(Method):
 
     def before_step(self, progress: Progress) -> None:
         self.epoch = progress.epoch
-        self.student.prototypes.normalize_()
+        if self.cfg.renormalize_prototypes:
+            self.student.prototypes.normalize_()
 
     @torch.no_grad()
     def assign(self, scores: Tensor) -> Tensor:
@@ -98,11 +110,13 @@ class SwAV(Method):
             self.student.prototypes.weight.grad = None
 
 
-# solo-learn's CIFAR swav.yaml: its symmetric views and LARS at lr 0.6 × batch/256 with wd
-# 1e-6, 200 epochs (fastssl's CIFAR budget; solo-learn trains 1000). Multi-crop: solo-learn's
+# solo-learn's CIFAR swav.yaml: its symmetric views, LARS at lr 0.6 × batch/256 with wd 1e-6
+# (warm-up from 3e-5), plain BN over each view's batch and weight-normalised prototypes, 200
+# epochs (fastssl's CIFAR budget; solo-learn trains 1000). Multi-crop: solo-learn's
 # CIFAR SwAV uses 2 crops and no local ones; ``--local-crops 6`` gives the paper's 2+6 at
 # CIFAR scale, whose global crops then narrow to scale 0.14–1 (``--views.crop-scale 0.14 1``).
 register(
     "swav", SwAV, SwAVConfig, summary="SwAV, Sinkhorn, prototypes, queue, multi-crop option · solo-learn (LARS)",
     views=multi_crop(SOLO_SYMMETRIC_VIEW), optim=replace(SOLO_LARS, lr_per_256=0.6, weight_decay=1e-6),
+    model=SOLO_MODEL,
 )

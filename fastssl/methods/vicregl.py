@@ -12,18 +12,20 @@ by the nearness of their local embeddings; the loss is α·global + (1 − α)·
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import torch
 from torch import Tensor, nn
 
 from fastssl.distributed import gather, gather_with_full_grad
+from fastssl.losses.vicreg import Reduction
 from fastssl.losses.vicregl import cell_centres, vicregl_loss
 from fastssl.methods.base import Encoded, Encoder, Method, MethodOutput
 from fastssl.methods.vicreg import VICRegConfig
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import expander
 from fastssl.recipes import preset, register
-from fastssl.recipes.defaults import SOLO_LARS, SOLO_VICREG_VIEWS
+from fastssl.recipes.defaults import SOLO_LARS, SOLO_MODEL, SOLO_VICREG_VIEWS
 from pipelines.batch import ViewBatch
 
 
@@ -37,9 +39,16 @@ class VICRegLConfig(VICRegConfig):
     # 16·4/49 = 6.5 and 1.3 cells, rounded up (fastssl-tuned; lightly's ImageNette benchmark
     # keeps (16, 4) of a 4×4 map, i.e. no filtering in the first direction).
     num_matches: tuple[int, int] = (7, 2)  # best-matched cells kept per image, first and second matching direction
-    # Keep every cell in the feature-based matching (the authors' code, --l2_all_matches 1)
-    # instead of the best num_matches (the paper; lightly)
-    all_feature_matches: bool = False  # keep every cell in the feature-based matching (the authors' code)
+    # Keep every cell in the feature-based matching (the authors' code at 803ae4c,
+    # --l2_all_matches 1) instead of the best num_matches (the paper; lightly)
+    all_feature_matches: bool = True  # keep every cell in the feature-based matching (the authors' code)
+    # Mirror a flipped view's cell locations (lightly); the authors' --no-flip-grid 1 default
+    # leaves them as if the view were not flipped
+    flip_grid: bool = False  # mirror a flipped view's cell locations (lightly; the authors: not)
+    # The authors' _vicreg_loss and global_loss average the two sides' variance and
+    # covariance terms (VICReg's Eq. 6 sums them)
+    variance_reduction: Reduction = "mean"  # the two sides' variance terms: mean (the authors) or sum (Eq. 6)
+    covariance_reduction: Reduction = "mean"  # the two sides' covariance terms: mean (the authors) or sum
     # Local projector 512→512 (BN, ReLU)→512 (BN, ReLU)→512 (the authors' --maps-mlp 512-512-512)
     local_hidden: int = 512  # local projector hidden width
     local_dim: int = 512  # local embedding dimension
@@ -54,8 +63,8 @@ class LocalEncoder(Encoder):
         super().__init__(backbone, projector)
         self.local_projector = local_projector
 
-    def forward(self, images: Tensor, with_map: bool = False) -> Encoded:
-        encoded = super().forward(images, with_map)
+    def encode_together(self, images: Tensor, with_map: bool = False) -> Encoded:
+        encoded = super().encode_together(images, with_map)
         if encoded.feature_map is None:
             return encoded
         n, d, h, w = encoded.feature_map.shape
@@ -83,30 +92,33 @@ class VICRegL(Method):
         h, w = local.shape[-2:]
         maps1, maps2 = local.flatten(2).transpose(1, 2).chunk(2)  # N×(h·w)×D', raster order
         meta = batch.meta["global"]
-        centres1, centres2 = cell_centres(meta.boxes, meta.flipped, h, w).chunk(2)
+        flipped = meta.flipped if self.cfg.flip_grid else torch.zeros_like(meta.flipped)
+        centres1, centres2 = cell_centres(meta.boxes, flipped, h, w).chunk(2)
         # Batch statistics over every process's images; matching stays within each image.
         parts = vicregl_loss(
             gather_with_full_grad(z1), gather_with_full_grad(z2),
             gather_with_full_grad(maps1), gather_with_full_grad(maps2),
             gather(centres1), gather(centres2),
-            self.cfg.alpha, self.cfg.num_matches, self.cfg.weights, self.cfg.all_feature_matches,
+            self.cfg.alpha, self.cfg.num_matches, self.cfg.weights, self.cfg.all_feature_matches, self.cfg.reductions,
         )
         metrics = {"global_loss": parts.global_loss.detach(), "local_loss": parts.local_loss.detach()}
         return MethodOutput(loss=parts.loss, metrics=metrics, features=student.features.detach(), embedding=z1.detach())
 
 
-# The VICReg recipe (solo-learn's CIFAR settings and views, fastssl/methods/vicreg.py), so
-# ``--method.alpha 1`` trains VICReg; lightly's Imagenette VICRegL keeps VICReg's LARS 0.3 /
-# 1e-4 too (the authors' ImageNet runs use AdamW or LARS with weight decay 1e-6). Sources
+# The VICReg recipe (solo-learn's CIFAR settings and views, fastssl/methods/vicreg.py) with
+# the VICRegL authors' loss (main_vicregl.py at 803ae4c: both reductions the mean, every
+# feature match kept, the grid not flipped) and their zero-initialised residual branches, so
+# ``--method.alpha 1`` trains VICReg with the authors' reductions; lightly's Imagenette
+# VICRegL keeps VICReg's LARS 0.3 / 1e-4 too (the authors' ImageNet runs use AdamW or LARS
+# with weight decay 1e-6). Sources
 # disagree on the matches: the authors keep 20 in the first and 4 in the second matching
 # direction whatever the views (lightly likewise); the paper gives 20 for global and 4 for
 # local views, i.e. (7, 7) here with two global views. num_matches follows the size of the
-# last feature map: the authors' (20, 4) for imagenette-224 (7×7), (15, 3) for stl10 (6×6)
-# by the same scaling; the 4×4 maps of tiny-imagenet and imagenette-128 keep (7, 2).
+# last feature map: the authors' (20, 4) for imagenette-224 (7×7); the 4×4 maps of CIFAR,
+# tiny-imagenet, stl10 (64 px crops) and imagenette-128 keep (7, 2).
 register(
     "vicregl", VICRegL, VICRegLConfig,
     summary="VICRegL, α global/local weight (--method.alpha) · the paper on VICReg's recipe",
-    views=SOLO_VICREG_VIEWS, optim=SOLO_LARS,
-    presets={"imagenette-224": preset("imagenette-224", method={"num_matches": (20, 4)}),
-             "stl10": preset("stl10", method={"num_matches": (15, 3)})},
+    views=SOLO_VICREG_VIEWS, optim=SOLO_LARS, model=replace(SOLO_MODEL, zero_init_residual=True),
+    presets={"imagenette-224": preset("imagenette-224", method={"num_matches": (20, 4)})},
 )

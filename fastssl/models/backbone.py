@@ -42,4 +42,5 @@ def backbone_from_config(cfg: ModelConfig, image_size: int, bn_group_size: int) 
     ``forward`` (pooled features) and ``forward_map`` (the last feature map)."""
     if cfg.arch.startswith("vit"):
         return ViT(cfg.arch, image_size, cfg.patch_size)
-    return build_backbone(cfg.arch, cfg.cifar_stem, cfg.maxpool, cfg.width, cfg.norm, bn_group_size)
+    return build_backbone(cfg.arch, cfg.cifar_stem, cfg.maxpool, cfg.width, cfg.norm, bn_group_size,
+                          cfg.zero_init_residual)

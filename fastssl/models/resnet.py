@@ -24,7 +24,9 @@ class ResNet(nn.Module):
 
     ``cifar_stem``: a 3×3 stride-1 first convolution (for 32–64 px images); ``maxpool``:
     keep the stem's max-pool (Mini-SSL keeps it for Tiny-ImageNet, drops it for CIFAR);
-    ``width``: channels of the first stage (64 in the papers; smaller for CPU demos).
+    ``width``: channels of the first stage (64 in the papers; smaller for CPU demos);
+    ``zero_init_residual``: the last BN of every residual branch starts with γ = 0, so each
+    block starts as the identity (Goyal et al., 2017; the VICRegL authors' ResNets).
     """
 
     feature_dim: int  # width of the pooled features
@@ -36,6 +38,7 @@ class ResNet(nn.Module):
         maxpool: bool = False,
         width: int = 64,
         norm: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if arch not in LAYERS:
@@ -61,6 +64,11 @@ class ResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, Bottleneck | BasicBlock):
+                    last_bn = module.bn3 if isinstance(module, Bottleneck) else module.bn2
+                    nn.init.zeros_(last_bn.weight)
         if cifar_stem:
             # Mini-SSL swaps conv1 in after torchvision's init, so it keeps PyTorch's default.
             self.conv1.reset_parameters()
@@ -93,7 +101,8 @@ class ResNet(nn.Module):
 
 
 def build_backbone(
-    arch: str, cifar_stem: bool, maxpool: bool, width: int, norm: str, bn_group_size: int
+    arch: str, cifar_stem: bool, maxpool: bool, width: int, norm: str, bn_group_size: int,
+    zero_init_residual: bool = False,
 ) -> ResNet:
     """A ResNet whose BN layers are ``norm`` (``split_bn``: groups of ``bn_group_size`` images)."""
-    return ResNet(arch, cifar_stem, maxpool, width, norm_layer(norm, bn_group_size))
+    return ResNet(arch, cifar_stem, maxpool, width, norm_layer(norm, bn_group_size), zero_init_residual)

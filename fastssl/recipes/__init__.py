@@ -26,7 +26,7 @@ from typing import Any
 
 import tyro
 
-from fastssl.config import OptimConfig, TrainConfig, with_changes, with_views
+from fastssl.config import ModelConfig, OptimConfig, TrainConfig, with_changes, with_views
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class Recipe:
     summary: str  # one line: the method, and whose recipe the defaults are
     views: Views
     optim: OptimConfig
+    model: ModelConfig
     extra_presets: Mapping[str, Preset]
 
     @property
@@ -78,7 +79,8 @@ class Recipe:
         """Every preset, the default first; their ``data`` is missing (the user gives it)."""
         from fastssl.recipes.defaults import dataset_presets
 
-        base = self.views.config(data=tyro.MISSING, method=self.config(), optim=self.optim, **self.views.defaults)
+        base = self.views.config(data=tyro.MISSING, method=self.config(), optim=self.optim, model=self.model,
+                                 **self.views.defaults)
         presets = dataset_presets(base)
         for name, made in self.extra_presets.items():
             presets[name] = made.made_from(presets)
@@ -96,14 +98,16 @@ _NOT_RECIPES = {"base", "memory"}  # modules of fastssl/methods that declare no 
 
 def register(
     name: str, method: type, config: type, *, summary: str, views: Views | None = None,
-    optim: OptimConfig | None = None, presets: Mapping[str, Preset] | None = None,
+    optim: OptimConfig | None = None, model: ModelConfig | None = None, presets: Mapping[str, Preset] | None = None,
 ) -> Recipe:
     """Declare recipe ``name``: ``method`` with its settings class ``config``, its ``views``
-    (default: two Mini-SSL views of each image), its optimiser (default: Mini-SSL's SGD)
-    and ``presets`` beyond the data-set ones."""
+    (default: two Mini-SSL views of each image), its optimiser (default: Mini-SSL's SGD),
+    its backbone (default: Mini-SSL's CIFAR ResNet-18 with split-BN) and ``presets`` beyond
+    the data-set ones."""
     from fastssl.recipes.defaults import MINI_SSL_VIEWS
 
-    recipe = Recipe(name, method, config, summary, views or MINI_SSL_VIEWS, optim or OptimConfig(), presets or {})
+    recipe = Recipe(name, method, config, summary, views or MINI_SSL_VIEWS, optim or OptimConfig(),
+                    model or ModelConfig(), presets or {})
     _REGISTRY[name] = recipe
     return recipe
 

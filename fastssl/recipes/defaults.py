@@ -12,6 +12,7 @@ from dataclasses import replace
 from fastssl.config import (
     C,
     LocalCropsTrainConfig,
+    ModelConfig,
     MultiCropTrainConfig,
     OptimConfig,
     SecondViewTrainConfig,
@@ -25,6 +26,8 @@ from pipelines.spec import (
     CIFAR100_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    STL10_MEAN,
+    STL10_STD,
     TINY_IMAGENET_MEAN,
     TINY_IMAGENET_STD,
     ViewConfig,
@@ -32,6 +35,8 @@ from pipelines.spec import (
 
 # Two views of Mini-SSL's strong augmentation (data_public.py: the MoCo v2 paper's at 32 px).
 MINI_SSL_VIEWS = Views(TrainConfig, {})
+# The same two views held as a first and a second one, so that a preset can make them differ.
+MINI_SSL_PAIR = Views(SecondViewTrainConfig, {})
 # Mini-SSL's strong view for the student and its weak one for the teacher (get_weak_augment:
 # crop and a flip with p 0.9, no colour): its ``--weak`` runs of MSF, ReSSL and SCE.
 MINI_SSL_STRONG_WEAK = Views(WeakViewTrainConfig, {})
@@ -52,8 +57,12 @@ SOLO_SYMMETRIC_VIEW = ViewConfig(crop_scale=(0.08, 1.0), jitter=(0.8, 0.8, 0.8, 
 SOLO_VICREG_VIEWS = Views(TrainConfig, {"views": ViewConfig(jitter=(0.4, 0.4, 0.2, 0.1), blur_p=0.0, solarize_p=0.1)})
 # solo-learn's LARS (its CIFAR barlow.yaml and vicreg.yaml): lr 0.3 × batch/256, weight
 # decay 1e-4, η 0.02 with the clipped trust ratio, biases and norms excluded, momentum 0.9,
-# 10 warm-up epochs then cosine (solo-learn warms up from 3e-5, fastssl from 0).
-SOLO_LARS = OptimConfig(optimizer="lars", lr_per_256=0.3, weight_decay=1e-4, lars_eta=0.02, warmup_epochs=10)
+# 10 warm-up epochs from its ``warmup_start_lr`` 3e-5, then cosine.
+SOLO_LARS = OptimConfig(optimizer="lars", lr_per_256=0.3, weight_decay=1e-4, lars_eta=0.02, warmup_epochs=10,
+                        warmup_start_lr=3e-5)
+# solo-learn's CIFAR ResNet-18 (3×3 stem, no max-pool) trains on one GPU with plain BN, each
+# view through the network on its own: BN over each view's batch (several processes: synced).
+SOLO_MODEL = ModelConfig(norm="bn")
 
 
 def multi_crop(first: ViewConfig, second: ViewConfig | None = None) -> Views:
@@ -99,12 +108,13 @@ def dataset_presets(cifar10: C) -> dict[str, C]:
         ),
         # The 32 px copy in ../shared/data: CIFAR geometry, Tiny-ImageNet statistics (fastssl-tuned).
         "tiny-imagenet-32": with_views(cifar10, mean=TINY_IMAGENET_MEAN, std=TINY_IMAGENET_STD),
-        # Mini-SSL's STL-10: 96 px, 3×3 stem with the max-pool kept; ImageNet statistics;
-        # trained on the labelled and the 100,000 unlabelled images.
+        # Mini-SSL's STL-10 (data_public.py): views cropped at 64 px from the 96 px images,
+        # STL-10 statistics, the 3×3 stem with the max-pool kept, tested on the whole 96 px
+        # image; trained on the labelled and the 100,000 unlabelled images.
         "stl10": replace(
-            with_views(cifar10, size=96, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-            model=replace(model, maxpool=True, patch_size=12),
-            train_splits=("train", "unlabeled"),
+            with_views(cifar10, size=64, mean=STL10_MEAN, std=STL10_STD),
+            model=replace(model, maxpool=True, patch_size=8),
+            train_splits=("train", "unlabeled"), eval_size=96,
         ),
         "imagenette-128": imagenet_like(128),
         "imagenette-224": imagenet_like(224),

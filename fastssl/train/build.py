@@ -99,7 +99,7 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
                        torch.bfloat16 if precision == "bf16" else torch.float32)
     world = accelerator.num_processes
     loader = Loader(cfg.data, views, cfg.optim.batch_size, accelerator.device, cfg.run.seed,
-                    accelerator.process_index, world, cfg.train_splits)
+                    accelerator.process_index, world, cfg.train_splits, cfg.eval_size)
     m, o = cfg.model, cfg.optim
     group_size = split_bn_group_size(m.bn_splits, o.batch_size, world) if m.norm == "split_bn" else 1
     backbone = backbone_from_config(m, views.first.size, group_size)
@@ -111,6 +111,8 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
     # backbone) sees the whole global batch, as in one process: SyncBatchNorm, in place.
     # Split-BN layers stay per process (their fixed-size groups are one process's either way).
     convert_sync_bn(method)
+    if not m.joint_views:
+        method.call_per_view(o.batch_size // world)
     method = method.to(accelerator.device).to(memory_format=memory_format)
     if o.accumulate_steps > 1 and not method.accumulation_safe:
         raise RunError(

@@ -7,12 +7,18 @@ import math
 
 
 def warmup_cosine(
-    step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0, cosine: bool = True
+    step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0, cosine: bool = True,
+    start: float = 0.0,
 ) -> float:
-    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine to ``final``
-    (Mini-SSL's ``cosine_scheduler``, per iteration), or ``peak`` throughout if not ``cosine``."""
+    """Linear warm-up from ``start`` at step 0 to ``peak`` at step ``warmup_steps`` − 1, then
+    cosine from ``peak`` to ``final`` (or ``peak`` throughout if not ``cosine``), per step.
+
+    Mini-SSL's ``cosine_scheduler`` warms up along ``np.linspace(0, peak, W)``, solo-learn's
+    ``LinearWarmupCosineAnnealingLR`` from its ``warmup_start_lr`` 3e-5 in W − 1 equal steps,
+    and DINO's official schedule along ``np.linspace(start, peak, W)``: all three reach the
+    peak at step W − 1, and the cosine starts from the peak at step W."""
     if step < warmup_steps:
-        return peak * step / warmup_steps
+        return start + (peak - start) * step / max(1, warmup_steps - 1)
     if not cosine:
         return peak
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)

@@ -75,10 +75,12 @@ def untimed(name: str) -> AbstractContextManager:
 
 
 def learning_rate(parts: Parts, progress: Progress) -> float:
-    """The scheduled lr of this step: linear warm-up from 0, then cosine to 0 or constant."""
+    """The scheduled lr of this step: linear warm-up from ``--optim.warmup-start-lr``, then
+    cosine to 0 or constant."""
     o, steps = parts.cfg.optim, parts.steps_per_epoch
     warmup = round(o.warmup_epochs * steps)
-    return warmup_cosine(progress.global_step, o.epochs * steps, warmup, o.lr, cosine=o.schedule == "cosine")
+    return warmup_cosine(progress.global_step, o.epochs * steps, warmup, o.lr, cosine=o.schedule == "cosine",
+                         start=o.warmup_start_lr)
 
 
 def train_step(

@@ -1,5 +1,6 @@
 """ReSSL's and SCE's losses against loop-by-loop transcriptions of the papers' equations."""
 
+import pytest
 import torch
 
 from fastssl.losses.infonce import queue_info_nce
@@ -21,17 +22,21 @@ def ressl_eq(q, k, memory, tau_s, tau_t):
     return total / len(q)
 
 
-def sce_eq(q, k, memory, tau, tau_m, lam):
+def sce_eq(q, k, memory, tau, tau_m, lam, masked=True):
     """Denize et al. 2023, Eq. 5–7, candidates c = [k_i, memory]: w² masks j = positive
-    (Eq. 5), w = λ·1[j = +] + (1 − λ)·w² (Eq. 6), L = −Σ_j w_j log s_j (Eq. 7)."""
+    (Eq. 5), w = λ·1[j = +] + (1 − λ)·w² (Eq. 6), L = −Σ_j w_j log s_j (Eq. 7). With
+    ``masked`` False the positive's teacher similarity is 0 instead, as SCE's and Mini-SSL's
+    code have it (network/SCE.py at 4a82212: ``sim_k_ktarget = torch.zeros(batch_size)``)."""
     total = 0.0
     for i in range(len(q)):
         candidates = [k[i]] + list(memory)
         relation = [torch.exp(unit(k[i]) @ unit(c) / tau_m) for c in candidates]
-        masked_sum = sum(r for j, r in enumerate(relation) if j != 0)
+        if not masked:
+            relation[0] = torch.exp(torch.zeros((), dtype=q.dtype) / tau_m)
+        total_relation = sum(r for j, r in enumerate(relation) if j != 0 or not masked)
         student = [torch.exp(unit(q[i]) @ unit(c) / tau) for c in candidates]
         for j in range(len(candidates)):
-            w2 = 0.0 if j == 0 else (relation[j] / masked_sum).detach()
+            w2 = 0.0 if j == 0 and masked else (relation[j] / total_relation).detach()
             w = lam * (j == 0) + (1 - lam) * w2
             total = total - w * torch.log(student[j] / sum(student))
     return total / len(q)
@@ -63,22 +68,24 @@ def test_ressl_loss_gives_the_teacher_no_gradient():
     assert torch.autograd.grad(loss, q)[0].abs().sum() > 0
 
 
-def test_sce_loss_matches_the_equation():
+@pytest.mark.parametrize("positive_relation", ["masked", "zero"])
+def test_sce_loss_matches_the_equation(positive_relation):
     for lam in (0.0, 0.5, 1.0):
         q, k, memory = inputs(2)
-        loss = sce_loss(q, k, memory, 0.1, 0.05, lam)
-        assert_same_value_and_gradient(loss, sce_eq(q, k, memory, 0.1, 0.05, lam), q)
+        loss = sce_loss(q, k, memory, 0.1, 0.5, lam, positive_relation)  # τ_m 0.5: the positive's slot counts
+        reference = sce_eq(q, k, memory, 0.1, 0.5, lam, masked=positive_relation == "masked")
+        assert_same_value_and_gradient(loss, reference, q)
 
 
 def test_sce_target_rows_sum_to_one_and_the_masked_positive_gets_lambda():
     _, k, memory = inputs(3, n=8, k=20)
-    target = sce_target(k, memory, 0.05, 0.3)
+    target = sce_target(k, memory, 0.05, 0.3, "masked")
     assert target.shape == (8, 21)
-    torch.testing.assert_close(target.sum(1), torch.ones(8))
+    torch.testing.assert_close(target.sum(1), torch.ones(8, dtype=target.dtype))
     # λ + (1 − λ)·0: the positive's similarity to itself takes no relational mass.
-    torch.testing.assert_close(target[:, 0], torch.full((8,), 0.3))
+    torch.testing.assert_close(target[:, 0], torch.full((8,), 0.3, dtype=target.dtype))
     relation = torch.softmax(torch.nn.functional.normalize(k, dim=1) @ torch.nn.functional.normalize(memory, dim=1).T
-                             / 0.05, dim=1).float()
+                             / 0.05, dim=1)
     torch.testing.assert_close(target[:, 1:], 0.7 * relation)
     k.requires_grad_()
     assert not sce_target(k, memory, 0.05, 0.3).requires_grad

@@ -1,12 +1,21 @@
-"""What the method tests share: random views in the ViewBatch layout and a tiny backbone."""
+"""What the method tests share: random views in the ViewBatch layout, a tiny backbone and
+fastssl's own training step for the reference-step tests."""
 
+import contextlib
 import copy
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
+from fastssl.config import OptimConfig, TrainConfig
+from fastssl.eval.online import OnlineProbe
 from fastssl.methods.base import Progress
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.resnet import ResNet, build_backbone
+from fastssl.train.build import Parts
+from fastssl.train.optim import build_optimizer
+from fastssl.train.step import Meter, train_step
 from pipelines.batch import ViewBatch
 
 
@@ -59,3 +68,25 @@ def assert_ema_in_before_step(method, progress: Progress, momentum: float) -> No
     teacher, student = dict(method.teacher.network.named_parameters()), dict(method.student.named_parameters())
     for name, t0 in before.named_parameters():
         torch.testing.assert_close(teacher[name], momentum * t0 + (1 - momentum) * student[name])
+
+
+class Stepper:
+    """fastssl's ``train_step`` for ``method`` under ``optim`` (``build_optimizer`` over its
+    ``param_groups``, the schedule over ``epochs`` of ``steps_per_epoch``); a stand-in
+    accelerator (no autocast, plain backward) and loader (its length only); the online
+    probe as built."""
+
+    def __init__(self, name: str, method, optim: OptimConfig, steps_per_epoch: int) -> None:
+        cfg = TrainConfig(data=Path("unused"), method=method.cfg, optim=optim)
+        probe = OnlineProbe(method.backbone.feature_dim, 2).double()
+        accelerator = SimpleNamespace(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward())
+        self.steps_per_epoch, self.epochs = steps_per_epoch, optim.epochs
+        self.parts = Parts(cfg, name, accelerator, None, range(steps_per_epoch), method,  # type: ignore[arg-type]
+                           build_optimizer(method.param_groups(optim), optim), probe, probe,
+                           torch.optim.SGD(probe.parameters(), lr=optim.probe_lr, momentum=0.9), None)
+
+    def __call__(self, batch: ViewBatch, step: int) -> torch.Tensor:
+        """Training step ``step`` (from 0) on ``batch``; its loss."""
+        per_epoch = self.steps_per_epoch
+        progress = Progress(step // per_epoch, step % per_epoch, per_epoch, self.epochs)
+        return train_step(self.parts, batch, progress, Meter()).loss.detach()

@@ -32,7 +32,7 @@ def test_target_has_no_predictor_and_gets_no_gradient():
 
 def test_momentum_rises_along_the_cosine_and_drives_the_ema():
     torch.manual_seed(0)
-    method = small_byol()
+    method = small_byol(momentum_final=1.0)  # the paper's schedule (--preset cifar10-paper)
     for step in (0, 3, 5, 9):
         method.before_step(at(step))
         expected = 1 - (1 - 0.99) * (math.cos(math.pi * step / 10) + 1) / 2  # BYOL §3.3
@@ -51,7 +51,7 @@ def test_momentum_rises_along_the_cosine_and_drives_the_ema():
 
 
 def test_final_momentum_equal_to_base_keeps_it_constant():
-    method = small_byol(momentum_final=0.99)  # Mini-SSL
+    method = small_byol()  # Mini-SSL's constant τ
     for step in (0, 4, 9):
         method.before_step(at(step))
         assert abs(float(method.teacher.momentum) - 0.99) < 1e-7

@@ -22,16 +22,21 @@ def small_swav(**overrides):
 
 
 
-def test_prototypes_are_put_back_on_the_unit_sphere_and_score_cosines():
+def test_prototypes_score_cosines_and_are_renormalised_in_place_only_when_asked():
     torch.manual_seed(0)
-    method = small_swav()
-    with torch.no_grad():
-        method.student.prototypes.weight.mul_(3.0)
-    method.before_step(at_epoch(0))
-    torch.testing.assert_close(method.student.prototypes.weight.norm(dim=1), torch.ones(K))
-    encoded = method.student(batch().views["global"])
-    torch.testing.assert_close(encoded.projection.norm(dim=1), torch.ones(8))
-    torch.testing.assert_close(encoded.prediction, encoded.projection @ method.student.prototypes.weight.T)
+    for renormalize in (False, True):
+        method = small_swav(renormalize_prototypes=renormalize)
+        with torch.no_grad():
+            method.student.prototypes.weight.mul_(3.0)
+        before = method.student.prototypes.weight.norm(dim=1)
+        method.before_step(at_epoch(0))
+        norms = method.student.prototypes.weight.norm(dim=1)
+        # solo-learn's weight_norm (default): V keeps its norm; the SwAV authors put V back on the sphere
+        torch.testing.assert_close(norms, torch.ones(K) if renormalize else before)
+        encoded = method.student(batch().views["global"])
+        torch.testing.assert_close(encoded.projection.norm(dim=1), torch.ones(8))
+        unit_prototypes = method.student.prototypes.weight / norms[:, None]
+        torch.testing.assert_close(encoded.prediction, encoded.projection @ unit_prototypes.T)
 
 
 def test_prototype_gradients_are_dropped_in_the_first_epochs_only():

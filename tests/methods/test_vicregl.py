@@ -55,17 +55,17 @@ def test_local_projector_learns_inside_the_student():
 
 def test_alpha_one_trains_vicreg():
     torch.manual_seed(0)
-    vicregl = small_vicregl(alpha=1.0)
-    vicreg = VICReg(VICRegConfig(**SMALL), tiny_backbone())
+    vicregl = small_vicregl(alpha=1.0)  # the VICRegL authors' reductions: both terms averaged over the sides
+    vicreg = VICReg(VICRegConfig(**SMALL, variance_reduction="mean", covariance_reduction="mean"), tiny_backbone())
     vicreg.to(memory_format=torch.channels_last)
     vicreg.student.load_state_dict(vicregl.student.state_dict(), strict=False)  # all but the local projector
     b = batch(seed=1)
     torch.testing.assert_close(vicregl(b).loss, vicreg(b).loss)
 
 
-def test_flipping_a_view_changes_only_the_local_loss():
+def test_flipping_a_view_changes_only_the_local_loss_with_a_flipped_grid():
     torch.manual_seed(0)
-    method = small_vicregl()
+    method = small_vicregl(flip_grid=True)
     method.eval()  # BN from running statistics: the same images give the same embeddings
     b = batch(seed=2)
     out = method(b)
@@ -74,3 +74,15 @@ def test_flipping_a_view_changes_only_the_local_loss():
     other = method(flipped)
     torch.testing.assert_close(other.metrics["global_loss"], out.metrics["global_loss"])
     assert not torch.allclose(other.metrics["local_loss"], out.metrics["local_loss"])
+
+
+def test_the_authors_unflipped_grid_ignores_flips():
+    """The authors' --no-flip-grid 1 default (main_vicregl.py at 803ae4c): a flipped view's cell
+    locations are those of the unflipped crop, so flipping changes no loss of the same images."""
+    torch.manual_seed(0)
+    method = small_vicregl()
+    method.eval()
+    b = batch(seed=2)
+    meta = b.meta["global"]
+    flipped = ViewBatch(b.views, b.indices, b.labels, {"global": ViewMeta(meta.boxes, ~meta.flipped)})
+    torch.testing.assert_close(method(flipped).loss, method(b).loss)

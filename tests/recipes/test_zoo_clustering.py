@@ -40,8 +40,8 @@ def test_two_steps(name, extra, tiny_dataset, tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 2 and all(0 < r["loss"] < float("inf") for r in train)
     assert not summary["finished"] and summary["images_per_s"] > 0
-    if name == "dino":
-        assert train[0]["teacher_temperature"] == pytest.approx(0.04)
+    if name == "dino":  # solo-learn's constant 0.07; the ViT presets warm up from the paper's 0.04
+        assert train[0]["teacher_temperature"] == pytest.approx(0.04 if "--preset" in extra else 0.07)
     if "--preset" in extra:
         assert summary["config"]["model"]["arch"] == "vit_tiny" and summary["config"]["optim"]["optimizer"] == "adamw"
         return

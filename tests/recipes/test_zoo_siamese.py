@@ -34,8 +34,8 @@ def test_two_steps(name, extra, tiny_dataset, tmp_path):
     assert not summary["finished"] and "before_training" in summary["knn"]["student"]
     has_teacher = name != "simsiam"
     assert ("teacher" in summary["knn"]) == has_teacher
-    if has_teacher:  # 4 steps per epoch: m at steps 0 and 1 on the cosine from 0.99 to 1
-        expected = [1 - 0.005 * (1 + math.cos(math.pi * step / 4)) for step in (0, 1)]
+    if has_teacher:  # 4 steps per epoch: BYOL's m constant 0.99 (Mini-SSL); MoCo v3's on the cosine from 0.99 to 1
+        expected = [0.99 if name == "byol" else 1 - 0.005 * (1 + math.cos(math.pi * step / 4)) for step in (0, 1)]
         assert [r["ema_momentum"] for r in train] == pytest.approx(expected)
     if name == "simsiam":  # after a decayed step the predictor keeps the peak lr (0.03 × 16/256)
         groups = torch.load(run_dir / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"]
@@ -50,10 +50,13 @@ def test_two_steps(name, extra, tiny_dataset, tmp_path):
 def test_presets():
     byol = get("byol").presets
     tiny = byol["tiny-imagenet"]
-    assert tiny.method.momentum == 0.996 and tiny.method.momentum_final == 1.0
+    assert tiny.method.momentum == 0.996 and tiny.method.momentum_final is None  # constant, as Mini-SSL
     assert tiny.second_views.size == tiny.views.size == 64 and tiny.second_views.mean == tiny.views.mean
     first, second = byol["cifar10"].views, byol["cifar10"].second_views
-    assert (first.blur_p, first.solarize_p, second.blur_p, second.solarize_p) == (0.5, 0.0, 0.1, 0.2)
+    assert first == second and (first.blur_p, first.solarize_p) == (0.5, 0.0)  # Mini-SSL's views for both
+    paper = byol["cifar10-paper"]
+    assert (paper.views.blur_p, paper.second_views.blur_p, paper.second_views.solarize_p) == (0.5, 0.1, 0.2)
+    assert paper.method.momentum_final == 1.0
     mocov3 = get("mocov3").presets
     for name in ("cifar10", "cifar100", "tiny-imagenet"):
         vit = mocov3[f"{name}-vit"]

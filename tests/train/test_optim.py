@@ -87,6 +87,10 @@ def test_schedules():
 def test_warmup_then_cosine_or_constant():
     from fastssl.train.schedule import warmup_cosine
 
-    assert warmup_cosine(5, 100, 10, 0.4) == pytest.approx(0.2)
+    # np.linspace(0, 0.4, 10)[5] (Mini-SSL's cosine_scheduler): the peak at step 9, the cosine from step 10
+    assert warmup_cosine(5, 100, 10, 0.4) == pytest.approx(0.4 * 5 / 9)
+    assert warmup_cosine(9, 100, 10, 0.4) == pytest.approx(0.4) == warmup_cosine(10, 100, 10, 0.4)
+    # solo-learn's LinearWarmupCosineAnnealingLR from warmup_start_lr 3e-5
+    assert warmup_cosine(3, 100, 10, 0.4, start=3e-5) == pytest.approx(3e-5 + (0.4 - 3e-5) * 3 / 9)
     assert warmup_cosine(55, 100, 10, 0.4) == pytest.approx(0.2)  # half-way through the cosine
     assert warmup_cosine(99, 100, 10, 0.4, cosine=False) == 0.4
