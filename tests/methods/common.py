@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 from fastssl.config import OptimConfig, TrainConfig
@@ -70,23 +71,44 @@ def assert_ema_in_before_step(method, progress: Progress, momentum: float) -> No
         torch.testing.assert_close(teacher[name], momentum * t0 + (1 - momentum) * student[name])
 
 
-class Stepper:
-    """fastssl's ``train_step`` for ``method`` under ``optim`` (``build_optimizer`` over its
-    ``param_groups``, the schedule over ``epochs`` of ``steps_per_epoch``); a stand-in
-    accelerator (no autocast, plain backward) and loader (its length only); the online
-    probe as built."""
+def train_config(method, optim: OptimConfig) -> TrainConfig:
+    """A run's configuration around ``method``'s settings and ``optim``, the rest defaults."""
+    return TrainConfig(data=Path("unused"), method=method.cfg, optim=optim)
 
-    def __init__(self, name: str, method, optim: OptimConfig, steps_per_epoch: int) -> None:
-        cfg = TrainConfig(data=Path("unused"), method=method.cfg, optim=optim)
-        probe = OnlineProbe(method.backbone.feature_dim, 2).double()
+
+class Stepper:
+    """fastssl's ``train_step`` for ``method`` under ``cfg`` (``build_optimizer`` over its
+    ``param_groups``, the schedule over ``cfg.optim.epochs`` of ``steps_per_epoch``); a
+    stand-in accelerator (no autocast, plain backward) and loader (its length only); the
+    online probe as built, over ``classes``."""
+
+    def __init__(self, name: str, method, cfg: TrainConfig, steps_per_epoch: int, classes: int = 2) -> None:
+        optim = cfg.optim
+        probe = OnlineProbe(method.backbone.feature_dim, classes).double()
         accelerator = SimpleNamespace(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward())
         self.steps_per_epoch, self.epochs = steps_per_epoch, optim.epochs
         self.parts = Parts(cfg, name, accelerator, None, range(steps_per_epoch), method,  # type: ignore[arg-type]
                            build_optimizer(method.param_groups(optim), optim), probe, probe,
                            torch.optim.SGD(probe.parameters(), lr=optim.probe_lr, momentum=0.9), None)
 
+    def progress(self, step: int) -> Progress:
+        """Where training step ``step`` (from 0) is."""
+        return Progress(step // self.steps_per_epoch, step % self.steps_per_epoch, self.steps_per_epoch, self.epochs)
+
     def __call__(self, batch: ViewBatch, step: int) -> torch.Tensor:
         """Training step ``step`` (from 0) on ``batch``; its loss."""
-        per_epoch = self.steps_per_epoch
-        progress = Progress(step // per_epoch, step % per_epoch, per_epoch, self.epochs)
-        return train_step(self.parts, batch, progress, Meter()).loss.detach()
+        return train_step(self.parts, batch, self.progress(step), Meter()).loss.detach()
+
+
+def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
+    """Mini-SSL's util/utils.py ``cosine_scheduler`` (80dd398), one lr per iteration: the
+    warm-up along np.linspace over warmup_epochs·niter_per_ep, then a cosine."""
+    warmup_schedule = np.array([])
+    warmup_iters = warmup_epochs * niter_per_ep
+    if warmup_epochs > 0:
+        warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+    schedule = np.concatenate((warmup_schedule, schedule))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule

@@ -63,7 +63,7 @@ from fastssl.methods.memory import FeatureQueue
 from fastssl.models.resnet import build_backbone
 from fastssl.train.step import learning_rate
 from pipelines.batch import ViewBatch
-from tests.methods.common import Stepper
+from tests.methods.common import Stepper, cosine_scheduler, train_config
 
 N = 8  # images per view
 SPLITS = 2  # Mini-SSL's bn_splits (ModelBase_ResNet18's argument; 8 in its runs)
@@ -212,15 +212,6 @@ def generation_mask(topk, batch):
     """util/utils.py: the N × N·topk multi-hot target, row i ones at i·topk … i·topk + topk − 1."""
     eye = torch.eye(batch, dtype=torch.float64)
     return eye.repeat(topk, 1).reshape(topk, batch, -1).permute(2, 1, 0).reshape(batch, topk * batch)
-
-
-def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
-    """util/utils.py: np.linspace warm-up over warmup_epochs·niter_per_ep, then a cosine."""
-    warmup_iters = warmup_epochs * niter_per_ep
-    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_epochs > 0 else np.array([])
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
-    return np.concatenate((warmup, schedule))
 
 
 class RefMemoryBank(nn.Module):
@@ -571,7 +562,7 @@ def fastssl_stepper(name, method):
     """fastssl's own step with the recipe's optimiser settings, the schedule shortened."""
     optim = dataclasses.replace(recipes.get(name).optim, epochs=EPOCHS, batch_size=N, lr_per_256=LR_PER_256,
                                 warmup_epochs=float(WARMUP_EPOCHS))
-    return Stepper(name, method, optim, STEPS_PER_EPOCH)
+    return Stepper(name, method, train_config(method, optim), STEPS_PER_EPOCH)
 
 
 def run_both(name, method, ref, zero_extra_bias=True, steps=STEPS, key_views=(0, 1)):

@@ -75,20 +75,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fastssl.eval.online import OnlineProbe
 from fastssl.methods.base import Method, Progress
 from fastssl.models.backbone import backbone_from_config
 from fastssl.models.norm import split_bn_group_size
 from fastssl.models.resnet import ResNet
 from fastssl.recipes import get
 from fastssl.train.build import Parts
-from fastssl.train.optim import build_optimizer
-from fastssl.train.step import Meter, learning_rate, train_step
+from fastssl.train.step import learning_rate
 from pipelines.batch import ViewBatch
+from tests.methods.common import Stepper, cosine_scheduler
 
 N = 8  # images per step (Mini-SSL's --batch_size)
 SPLITS = 2  # split-BN groups per view (Mini-SSL's bn_splits, fastssl's --model.bn-splits)
@@ -478,19 +476,6 @@ class MiniSCE(MiniSSLMethod):
         return loss
 
 
-def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
-    """util/utils.py ``cosine_scheduler``: one lr per iteration."""
-    warmup_schedule = np.array([])
-    warmup_iters = warmup_epochs * niter_per_ep
-    if warmup_epochs > 0:
-        warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
-    schedule = np.concatenate((warmup_schedule, schedule))
-    assert len(schedule) == epochs * niter_per_ep
-    return schedule
-
-
 
 
 def mini_ssl_training(model, steps, labels):
@@ -679,20 +664,15 @@ def _runs(name: str, **fastssl_changes) -> Runs:
     labels = torch.arange(N) % CLASSES
 
     # fastssl: its own step, optimiser and schedule; the teacher's inputs recorded.
-    probe = OnlineProbe(backbone.feature_dim, CLASSES).double()
-    parts = Parts(cfg=cfg, recipe=name, accelerator=Accelerator(cpu=True, mixed_precision="no"), info=None,
-                  loader=[None] * STEPS_PER_EPOCH, method=method,
-                  optimizer=build_optimizer(method.param_groups(oc), oc), probe=probe, probe_call=probe,
-                  probe_optimizer=torch.optim.SGD(probe.parameters(), lr=0.1, momentum=0.9), compile_mode=None)
+    stepper = Stepper(name, method, cfg, STEPS_PER_EPOCH, CLASSES)
     teacher_inputs: list[Tensor] = []
     hook = method.teacher.network.register_forward_pre_hook(lambda _, args: teacher_inputs.append(args[0].clone()))
     fast_losses, fast_lrs = [], []
     for step, (strong, weak) in enumerate(steps):
         images = torch.cat([strong[CONTIGUOUS], weak[CONTIGUOUS]])
         batch = ViewBatch({"global": images}, torch.arange(N), labels[CONTIGUOUS], {})
-        progress = Progress(step // STEPS_PER_EPOCH, step % STEPS_PER_EPOCH, STEPS_PER_EPOCH, EPOCHS)
-        fast_losses.append(train_step(parts, batch, progress, Meter()).loss.detach())
-        fast_lrs.append(learning_rate(parts, progress))
+        fast_losses.append(stepper(batch, step))
+        fast_lrs.append(learning_rate(stepper.parts, stepper.progress(step)))
     hook.remove()
 
     # The shuffles fastssl drew, as Mini-SSL's permutations of each view.

@@ -101,7 +101,7 @@ from fastssl.losses.vicregl import cell_centres, vicregl_loss
 from fastssl.methods.vicregl import VICRegLConfig
 from fastssl.models.resnet import build_backbone
 from pipelines.batch import ViewBatch, ViewMeta
-from tests.methods.common import Stepper
+from tests.methods.common import Stepper, train_config
 
 N = 8  # images per view
 WIDTH = 4  # ResNet-18 width
@@ -600,7 +600,7 @@ def test_vicregl_step_matches_reference():
 
     optim = dataclasses.replace(recipe.optim, optimizer="sgd", epochs=EPOCHS, batch_size=N, lr_per_256=0.05,
                                 lr_scaling="none", warmup_epochs=0.0, schedule="constant")
-    stepper = Stepper("vicregl", method, optim, STEPS_PER_EPOCH)
+    stepper = Stepper("vicregl", method, train_config(method, optim), STEPS_PER_EPOCH)
     optimizer = torch.optim.SGD(ref.parameters(), lr=optim.lr, momentum=optim.momentum,
                                 weight_decay=optim.weight_decay)
     fast_batches, ref_inputs = vicregl_batches(method.cfg.num_matches)
@@ -658,7 +658,7 @@ def jaccard_run(reference_weight_decay):
     assert recipe.optim.optimizer == "adamw" and recipe.optim.weight_decay == 0.0 and recipe.optim.warmup_epochs == 0
     assert recipe.optim.lr_per_256 == 1e-3 and recipe.optim.lr_scaling == "none" and recipe.optim.momentum == 0.9
     optim = dataclasses.replace(recipe.optim, epochs=EPOCHS, batch_size=N, schedule="constant")
-    stepper = Stepper("jaccard_moco", method, optim, STEPS_PER_EPOCH)
+    stepper = Stepper("jaccard_moco", method, train_config(method, optim), STEPS_PER_EPOCH)
     for step in range(STEPS):
         images = torch.randn(2 * N, 3, SIDE // 2, SIDE // 2, dtype=torch.float64)
         batch = ViewBatch({"global": images.contiguous(memory_format=torch.channels_last)}, torch.arange(N),
