@@ -117,6 +117,10 @@ class TrainConfig(Generic[M]):
     eval_size: int | None = None
     """Side of the evaluation images (kNN monitor, probes): each image's centred square at this size; default
     the first view's size (Mini-SSL's STL-10: 64 px views, evaluated on the whole 96 px images). ResNets only."""
+    upsampled_views: str = ""
+    """Why views larger than the stored images are meant, when a preset means it (ImageNette v2-160, shorter
+    side 160, at the study's 224 px): the loader's upsampling warning then says so instead of advising another
+    preset."""
     views: ViewConfig = field(default_factory=ViewConfig)
     """The views of each image (the first view where there are several kinds)."""
     model: ModelConfig = field(default_factory=ModelConfig)  # the backbone
@@ -183,7 +187,7 @@ BOOKKEEPING = frozenset(f"run.{name}" for name in (
     "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints", "best_network", "stop_signals",
     "stop_after_steps", "stop_after_minutes", "progress_bar",
     "trackers", "channels_last", "compile", "cuda_graphs", "fused_optimizer", "fused_views",
-)) | {"data_verify", "eval_size"}
+)) | {"data_verify", "eval_size", "upsampled_views"}
 
 
 def validate(cfg: TrainConfig) -> list[str]:

@@ -439,6 +439,11 @@ class ViewParams:
     grayscale: Tensor  # (V·N) bool
     blur_sigma: Tensor  # (V·N) σ in pixels, 0 where not blurred
     solarize: Tensor  # (V·N) bool
+    # The geometric ops of pipelines/geometry.py; None: parameters made without them (by hand).
+    vflip: Tensor | None = None  # (V·N) bool
+    rotate: Tensor | None = None  # (V·N) bool: rotated by 90°
+    local_rotation: Tensor | None = None  # (V·N)×2 int64: LoRot-I's quadrant and k, k = 0 where not applied
+    region_order: Tensor | None = None  # (V·N)×grid² int64: each region's source region (identity: not applied)
 
     def take(self, rows: Tensor) -> ViewParams:
         """The parameters of the given rows only (a process's share of a global batch)."""
@@ -452,6 +457,8 @@ class ViewParams:
 
 def _map_fields(function, *values):
     """``function`` over the tensors of (nested dataclasses) ``values``, field by field."""
+    if all(value is None for value in values):  # an op the parameters were made without
+        return None
     if isinstance(values[0], Tensor):
         return function(values[0]) if len(values) == 1 else function(list(values))
     fields = dataclasses.fields(values[0])

@@ -226,7 +226,9 @@ if triton is not None:
 def fused_views_supported(images: Tensor, config: ViewConfig) -> bool:
     """Whether ``fused_views`` can make ``config``'s views of ``images``: Triton present, a
     CUDA tensor (or the Triton interpreter, for tests), RGB, and source and view sides that
-    fit one register tile (the blur's reflection needs its radius below the view side)."""
+    fit one register tile (the blur's reflection needs its radius below the view side). The
+    kernel has none of the ops of ``pipelines/geometry.py``: ``ViewPipeline`` does not call it
+    for a group whose views have any (``ViewPipeline.geometric``)."""
     runs_here = images.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     fits = max(*images.shape[-2:], config.size) <= MAX_FUSED_SIDE and config.blur_kernel // 2 < config.size
     return triton is not None and runs_here and images.shape[1] == 3 and fits

@@ -23,6 +23,8 @@ from pipelines.dataset import DatasetError, read_info
 from pipelines.formats import open_split
 from pipelines.views import ViewRecipe
 
+_WARNED_UPSAMPLED: set[Path] = set()  # data sets whose upsampled views were warned about
+
 
 class Split(Protocol):
     labels: Tensor  # on the device
@@ -112,25 +114,17 @@ class Loader:
         world: int = 1,
         splits: tuple[str, ...] = ("train",),
         eval_size: int | None = None,
+        upsampled: str = "",
     ) -> None:
-        """``eval_size``: the side of the evaluation images (default: the first view's)."""
+        """``eval_size``: the side of the evaluation images (default: the first view's);
+        ``upsampled``: why views larger than the images are meant (the warning then says so)."""
         self.info = read_info(root)
         self.eval_size = eval_size
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
         self.recipe, self.batch_size, self.device = recipe, batch_size, device
         self.seed, self.rank, self.world = seed, rank, world
-        # Views larger than the stored images are upsampled crops (a preset for larger images,
-        # e.g. imagenette-128 on data converted at 64 px): it trains, but not on what the preset
-        # means. Once per process (warnings' registry) and only on rank 0.
-        shorter = min(self.info.image_size)
-        larger = {name: group.config.size for name, group in recipe.groups.items() if group.config.size > shorter}
-        if larger and rank == 0:
-            sizes = ", ".join(f"{name} {size} px" for name, size in larger.items())
-            height, width = self.info.image_size
-            warnings.warn(f"{root}: views ({sizes}) larger than the stored {height}×{width} images: training on "
-                          "upsampled views (convert the data at the preset's size, or choose a preset for it)",
-                          stacklevel=1)
+        self._warn_if_upsampled(root, recipe, rank, upsampled)
         for name in splits:
             if name not in self.info.splits:
                 raise DatasetError(f"{root}: no split '{name}' to train on (has {', '.join(self.info.splits)})")
@@ -145,6 +139,24 @@ class Loader:
         for name in (self.info.train_split, self.info.eval_split):  # opened now: a damaged one fails before training
             if name not in self._eval_splits:
                 self._eval_splits[name] = open_split(self.info, name, device)
+
+    def _warn_if_upsampled(self, root: Path, recipe: ViewRecipe, rank: int, upsampled: str) -> None:
+        """Views larger than the stored images are upsampled crops (a preset for larger images,
+        e.g. imagenette-128 on data converted at 64 px): it trains, but not on what the preset
+        means — unless the preset means it (``upsampled``: ImageNette v2-160 at 224 px). Once
+        per process and data set (training's loader and the probes' say the same thing) and only
+        on rank 0."""
+        shorter = min(self.info.image_size)
+        larger = {name: group.config.size for name, group in recipe.groups.items() if group.config.size > shorter}
+        if not larger or rank != 0 or root.resolve() in _WARNED_UPSAMPLED:
+            return
+        _WARNED_UPSAMPLED.add(root.resolve())
+        sizes = ", ".join(f"{name} {size} px" for name, size in larger.items())
+        height, width = self.info.image_size
+        advice = (f"on purpose: {upsampled}" if upsampled
+                  else "convert the data at the preset's size, or choose a preset for it")
+        warnings.warn(f"{root}: views ({sizes}) larger than the stored {height}×{width} images: training on "
+                      f"upsampled views ({advice})", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.train) // self.batch_size

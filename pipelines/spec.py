@@ -24,6 +24,12 @@ class ViewConfig:
     crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop: fraction of the source area
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop: width / height
     flip_p: float = 0.5  # probability of a horizontal flip
+    vflip_p: float = 0.0  # probability of a vertical flip
+    rotate_p: float = 0.0  # probability of a 90° counter-clockwise rotation (lightly's RandomRotate)
+    local_rotation_p: float = 0.0  # probability of LoRot-I: one quadrant rotated by 90°, 180° or 270°
+    region_confusion_p: float = 0.0  # probability of DCL's region confusion
+    region_grid: int = 7  # region confusion: regions per row and per column
+    region_neighbourhood: float = 2.0  # region confusion: how far (in regions) the sort keys are jittered
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     """ColorJitter brightness, contrast, saturation, hue."""
     jitter_p: float = 0.8  # probability of the colour jitter
@@ -37,8 +43,9 @@ class ViewConfig:
     std: tuple[float, float, float] = CIFAR10_STD  # normalisation: per-channel standard deviation
 
 
-# Settings applied to a whole resolution group at once: its views must agree on them.
-GROUP_SETTINGS = ("size", "blur_kernel", "solarize_threshold", "mean", "std")
+# Settings applied to a whole resolution group at once: its views must agree on them (the
+# region grid sets the width of the region confusion's parameters).
+GROUP_SETTINGS = ("size", "blur_kernel", "solarize_threshold", "region_grid", "mean", "std")
 
 
 def weak_view() -> ViewConfig:

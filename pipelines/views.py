@@ -19,6 +19,7 @@ from pipelines.augment import (
 )
 from pipelines.batch import ViewMeta
 from pipelines.fused import fused_views, fused_views_supported
+from pipelines.geometry import LocalRotation, RandomRotate90, RandomVerticalFlip, RegionConfusion
 from pipelines.spec import GROUP_SETTINGS, ViewConfig
 
 
@@ -30,7 +31,16 @@ def _sampling_ops(c: ViewConfig) -> tuple:
         RandomGrayscale(c.grayscale_p),
         GaussianBlur(c.blur_kernel, c.blur_sigma, p=c.blur_p),
         RandomSolarize(c.solarize_threshold, c.solarize_p),
+        RandomVerticalFlip(c.vflip_p),
+        RandomRotate90(c.rotate_p),
+        LocalRotation(c.local_rotation_p),
+        RegionConfusion(c.region_confusion_p, c.region_grid, c.region_neighbourhood),
     )
+
+
+def _geometric(c: ViewConfig) -> bool:
+    """Whether ``c`` has any of the ops of ``pipelines/geometry.py`` (the fused kernel has none)."""
+    return max(c.vflip_p, c.rotate_p, c.local_rotation_p, c.region_confusion_p) > 0
 
 
 class ViewPipeline:
@@ -41,6 +51,13 @@ class ViewPipeline:
     Consecutive equal configs draw their parameters together. ``fused``: on CUDA, small
     views take the one-launch Triton kernel; ``out_dtype``: the views' dtype (bf16 under
     bf16 autocast: the backbone's first convolution reads them as they are).
+
+    The ops, in order: the crop (with the horizontal flip folded in), then the geometric
+    ops — vertical flip, rotation by 90°, LoRot-I, region confusion — then colour jitter,
+    grayscale, blur and solarisation, so that the blur smooths the region borders like any
+    other edge. ``ViewMeta`` records the crop boxes and horizontal flips only: the geometric
+    ops are not in it (VICRegL's location matching sees the crop geometry alone), and a
+    group with any of them takes the batched ops, not the fused kernel.
     """
 
     def __init__(self, configs: list[ViewConfig], fused: bool = False, out_dtype: torch.dtype = torch.float32) -> None:
@@ -53,9 +70,11 @@ class ViewPipeline:
         self.config = c = configs[0]  # the group's shared settings
         # One set of sampling ops per run of equal configs (probabilities and ranges differ).
         self.runs = [(_sampling_ops(cfg), len(list(run))) for cfg, run in itertools.groupby(configs)]
-        self.crop, self.flip, self.jitter, self.grayscale, self.blur, self.solarize = self.runs[0][0]
+        (self.crop, self.flip, self.jitter, self.grayscale, self.blur, self.solarize,
+         self.vflip, self.rotate, self.local_rotation, self.region_confusion) = self.runs[0][0]
         self.normalize = Normalize(c.mean, c.std)
         self.fused, self.out_dtype = fused, out_dtype
+        self.geometric = any(_geometric(config) for config in configs)
 
     def __call__(self, images: Tensor, sizes: Tensor, generator: torch.Generator) -> tuple[Tensor, ViewMeta]:
         """uint8 N×3×H×W (padded; ``sizes`` N×2 on the CPU) → (count·N)×3×s×s views."""
@@ -64,7 +83,8 @@ class ViewPipeline:
     def sample(self, sizes: Tensor, generator: torch.Generator) -> ViewParams:
         """Parameters for every view of each image of ``sizes`` (N×2, CPU), view-major."""
         parts = []
-        for (crop, flip, jitter, grayscale, blur, solarize), count in self.runs:
+        for ops, count in self.runs:
+            crop, flip, jitter, grayscale, blur, solarize, vflip, rotate, local_rotation, region_confusion = ops
             n = sizes.shape[0] * count
             parts.append(
                 ViewParams(
@@ -74,6 +94,11 @@ class ViewPipeline:
                     grayscale=grayscale.sample(n, generator),
                     blur_sigma=blur.sample(n, generator),
                     solarize=solarize.sample(n, generator),
+                    # Drawn last (and only where p > 0): they leave the other ops' draws as they were.
+                    vflip=vflip.sample(n, generator),
+                    rotate=rotate.sample(n, generator),
+                    local_rotation=local_rotation.sample(n, generator),
+                    region_order=region_confusion.sample(n, generator),
                 )
             )
         return parts[0] if len(parts) == 1 else ViewParams.concatenate(parts)
@@ -83,7 +108,7 @@ class ViewPipeline:
         the batch is padded) with ``params``: float, normalised, channels-last, view-major
         (view k of image i at row k·N + i). On CUDA, small images take the one-launch Triton
         kernel (``pipelines/fused.py``, in ``out_dtype``), else one batched op after another."""
-        if self.fused and images.is_cuda and fused_views_supported(images, self.config):
+        if self.fused and not self.geometric and images.is_cuda and fused_views_supported(images, self.config):
             if sizes is None:
                 sizes = torch.tensor([list(images.shape[-2:])]).expand(images.shape[0], 2)
             views = fused_views(images, sizes, params, self.config, self.count, self.out_dtype)
@@ -91,12 +116,21 @@ class ViewPipeline:
         sources = torch.cat([images] * self.count)  # view-major; keeps channels-last memory
         # Every op after the crop works in place on the crop's fresh output.
         views = self.crop(sources, params.crop, params.flip)  # the flip folded into the crop
+        views = self._geometry(views, params)
         views = self.jitter(views, params.jitter, inplace=True)
         views = self.grayscale(views, params.grayscale, inplace=True)
         views = self.blur(views, params.blur_sigma, inplace=True)
         views = self.solarize(views, params.solarize, inplace=True)
         views = self.normalize(views, inplace=True)
         return views.to(self.out_dtype), self._meta(params, images.device)
+
+    def _geometry(self, views: Tensor, params: ViewParams) -> Tensor:
+        """The geometric ops, in order, in place; those whose parameters are None are skipped."""
+        for op, drawn in ((self.vflip, params.vflip), (self.rotate, params.rotate),
+                          (self.local_rotation, params.local_rotation), (self.region_confusion, params.region_order)):
+            if drawn is not None:
+                views = op(views, drawn, inplace=True)
+        return views
 
     @staticmethod
     def _meta(params: ViewParams, device: torch.device) -> ViewMeta:

@@ -1,6 +1,6 @@
 """Results table and plots of finished (or stopped) runs.
 
-    python tools/report.py [runs/ …] [--out report]
+    python tools/report.py [runs/ …] [--out report] [--band std|range]
 
 Needs the [report] extra (matplotlib). Reads every ``summary.json`` under the given folders
 (a run folder, or a folder of run folders; default ``runs/``), with ``linear.json``
@@ -12,13 +12,17 @@ Needs the [report] extra (matplotlib). Reads every ``summary.json`` under the gi
   trained: ``fastssl.config.BOOKKEEPING`` — name, folder, logging, evaluation, stopping,
   speed switches) are one row, reported as mean ± sample standard deviation over the n seeds. Where rows of one
   method and data set differ in other settings, a ``setting`` column names them.
-- ``knn_vs_epoch.png``, ``knn_vs_time.png``, ``loss_vs_epoch.png``, ``loss_vs_time.png``:
-  the student's kNN accuracy and the training loss of every run, against epochs and
-  against wall-clock minutes (one panel per data set, one colour per row of the table);
+- ``curves_vs_epoch.png``, ``curves_vs_time.png``: the curves of metrics.jsonl against
+  epochs and against wall-clock minutes (time to accuracy): one row of panels per data set,
+  one panel per quantity some run logged (student kNN, teacher kNN, online probe, training
+  loss; none for a quantity no run has), one colour per row of the table. The seeds of a row
+  are one line, their mean at the epochs every seed logged, in a band of ± 1 sample standard
+  deviation (``--band range``: min–max); a curve of at most 20 points has markers; the legend
+  lies outside the panels (beside them, below them when long);
 - ``throughput.png``: training images/s per row.
 
-Wall-clock time at each record is rebuilt from the log: each logged window's images
-divided by its images/s, plus the evaluations' seconds. Every file is written under a
+Wall-clock time at each record is rebuilt from the log: the running training seconds of the
+last logged window plus the evaluations' seconds (``curves``). Every file is written under a
 temporary name and renamed when complete.
 """
 
@@ -31,7 +35,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 # The repository root replaces this script's folder on the path: tools/profile.py would
 # otherwise shadow the standard library's ``profile`` module (imported by torch).
@@ -48,7 +52,10 @@ try:
     matplotlib.use("Agg")  # files only, no display
 
     import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 except ImportError as missing:
     fail(PROGRAM, f"needs the [report] extra ({missing.name or missing} is missing): pip install -e '.[report]'")
 
@@ -61,11 +68,14 @@ from fastssl.train.checkpoint import write_atomic  # noqa: E402
 # pool (``resume`` and ``run.tensorboard`` were settings in summaries written before 2026-12).
 NOT_THE_EXPERIMENT = BOOKKEEPING | {"run.seed", "resume", "run.tensorboard"}
 
+Band = Literal["std", "range"]  # around a mean curve over seeds: ± 1 sample standard deviation, or min–max
+
 
 @dataclass(frozen=True)
 class ReportConfig:
     runs: tyro.conf.Positional[tuple[Path, ...]] = (Path("runs"),)  # run folders, or folders of run folders
     out: Path = Path("report")  # folder for results.md and the PNG plots
+    band: Band = "std"  # the band around a row's mean curve over its seeds: ± 1 sample std, or min–max
 
 
 @dataclass
@@ -229,49 +239,155 @@ def table(cells: list[Cell]) -> str:
 # --- curves from metrics.jsonl -------------------------------------------------------------
 
 
-def curves(run: Run) -> dict[str, tuple[list[float], list[float], list[float]]]:
-    """{"knn": …, "loss": …} → (epochs, wall-clock minutes, values) of one run; wall clock =
-    the training seconds each record carries plus the evaluations before it."""
-    train = [r for r in run.records if r.get("kind") == "train"]
-    steps_per_epoch = max((r["step"] for r in train), default=1)
-    out: dict[str, tuple[list[float], list[float], list[float]]] = {"knn": ([], [], []), "loss": ([], [], [])}
-    training, evaluating = 0.0, 0.0
+@dataclass(frozen=True)
+class Quantity:
+    key: str  # the field of a metrics.jsonl record
+    kind: str  # the records that carry it: "train" or "eval"
+    label: str  # the panel's y axis
+
+
+QUANTITIES = (
+    Quantity("knn_student", "eval", "student kNN accuracy %"),
+    Quantity("knn_teacher", "eval", "teacher kNN accuracy %"),
+    Quantity("probe_test", "eval", "online linear probe test %"),
+    Quantity("loss", "train", "training loss"),
+)
+SPARSE_POINTS = 20  # a curve of at most this many points gets markers: its few points are the data, not its line
+LEGEND_BESIDE = 12  # a legend of more entries goes below the panels, in columns, not beside them
+
+# epoch → (wall-clock minutes, value); a training window's epoch is fractional (epoch + step / steps per epoch)
+Curve = dict[float, tuple[float, float]]
+
+
+def curves(run: Run) -> dict[str, Curve]:
+    """Each quantity of ``QUANTITIES`` the run logged. Wall clock at a record = the training
+    seconds of the last window logged so far plus the seconds of the evaluations so far."""
+    steps_per_epoch = max((r["step"] for r in run.records if r.get("kind") == "train"), default=1)
+    found: dict[str, Curve] = {}
+    # No sum over resumes is needed: a window's train_seconds is the run's running total, carried
+    # over a resume by the checkpoint, and a resume cuts metrics.jsonl back to the checkpoint's
+    # records, so the evaluations before a resume are counted once. Time outside training and
+    # evaluation (start-up, compilation before the first window) is not in the log, nor here.
+    training = evaluating = 0.0
     for record in run.records:
-        if record.get("kind") == "train":
+        kind = record.get("kind")
+        if kind == "train":
             training = record["train_seconds"]
-            point = ("loss", record["epoch"] + record["step"] / steps_per_epoch, record.get("loss"))
-        elif record.get("kind") == "eval":
+            epoch = record["epoch"] + record["step"] / steps_per_epoch
+        elif kind == "eval":
             evaluating += record.get("seconds", 0.0)
-            point = ("knn", record["epoch"], record.get("knn_student"))
+            epoch = record["epoch"]
         else:
-            continue
-        name, epoch, value = point
-        if value is not None:
-            out[name][0].append(epoch)
-            out[name][1].append((training + evaluating) / 60)
-            out[name][2].append(value)
-    return out
+            continue  # a resume event: no time, no value
+        for quantity in QUANTITIES:
+            value = record.get(quantity.key)
+            if quantity.kind == kind and isinstance(value, int | float):
+                # a later record of an epoch replaces the earlier: a resume from a checkpoint older than
+                # metrics_lines did not cut the log back, and the steps trained again are logged twice
+                found.setdefault(quantity.key, {})[epoch] = ((training + evaluating) / 60, float(value))
+    return found
 
 
-def curve_figure(cells: list[Cell], name: str, against_time: bool) -> Figure:
+@dataclass
+class Series:
+    """One cell's curve of one quantity: at each epoch every seed logged, the mean over the
+    seeds (of the value and of the wall-clock minutes) and the band around the mean value."""
+
+    epochs: list[float]
+    minutes: list[float]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    seeds: int
+
+
+def seed_series(logged: list[dict[str, Curve]], key: str, band: Band) -> Series | None:
+    """The cell's ``key`` curve from its runs' ``curves``: band ± 1 sample standard deviation
+    (``band="std"``, as in the table) or min–max (``"range"``); None where no run has it."""
+    runs = [curve[key] for curve in logged if key in curve]
+    # Only the epochs every seed logged: a mean over fewer seeds would jump where one stops.
+    epochs = sorted(set.intersection(*(set(run) for run in runs))) if runs else []
+    if not epochs:
+        return None
+    minutes = np.array([[run[epoch][0] for epoch in epochs] for run in runs])
+    ys = np.array([[run[epoch][1] for epoch in epochs] for run in runs])
+    mean = ys.mean(axis=0)
+    if band == "std" and len(runs) > 1:
+        spread = ys.std(axis=0, ddof=1)
+        low, high = mean - spread, mean + spread
+    else:
+        low, high = ys.min(axis=0), ys.max(axis=0)
+    return Series(epochs, minutes.mean(axis=0).tolist(), mean.tolist(), low.tolist(), high.tolist(), len(runs))
+
+
+def legend_label(cell: Cell, series: Series, band: Band, several_data_sets: bool) -> str:
+    name = cell.label + (f", {cell.data}" if several_data_sets else "")
+    if series.seeds == 1:
+        return name
+    spread = "mean ± std" if band == "std" else "mean, min–max"
+    return f"{name}: {spread} over {series.seeds} seeds"
+
+
+def draw(ax: Axes, series: Series, against_time: bool, style: dict[str, Any], label: str) -> Line2D:
+    """The mean line (markers when sparse) and, for several seeds, its band (``fill_between``)."""
+    x = series.minutes if against_time else series.epochs
+    marker = "o" if len(x) <= SPARSE_POINTS else None
+    (line,) = ax.plot(x, series.mean, linewidth=1.2, marker=marker, markersize=3, label=label, **style)
+    if series.seeds > 1:
+        ax.fill_between(x, series.low, series.high, color=style["color"], alpha=0.2, linewidth=0)
+    return line
+
+
+def place_legend(figure: Figure, handles: dict[str, Line2D]) -> None:
+    """Outside every panel, so that it covers no curve: beside them, or below them in columns
+    when long; ``bbox_inches="tight"`` on saving widens the image to take it in."""
+    if len(handles) <= LEGEND_BESIDE:
+        figure.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                      fontsize=8, frameon=False)
+    else:
+        figure.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                      ncols=3, fontsize=8, frameon=False)
+
+
+def curve_style(index: int) -> dict[str, Any]:
+    """The colour and line style of the table's row ``index``: tab20 pairs a dark and a light
+    shade of each hue, so the ten dark ones come first (neighbouring rows differ in hue); beyond
+    20 rows, colours repeat with another line style."""
+    shade = 2 * index % 20 + 2 * index // 20 % 2
+    return {"color": plt.get_cmap("tab20")(shade), "linestyle": ("-", "--", ":")[index // 20 % 3]}
+
+
+def curve_figure(cells: list[Cell], against_time: bool, band: Band = "std") -> Figure | None:
+    """One row of panels per data set, one panel per quantity some run of it logged (none for a
+    quantity no run has), against epochs or wall-clock minutes; one colour per row of the table,
+    the seeds of a row drawn as one mean line with a band. None when no run logged anything."""
+    logged = [[curves(run) for run in cell.runs] for cell in cells]
+    series = {(index, quantity): found for index in range(len(cells)) for quantity in QUANTITIES
+              if (found := seed_series(logged[index], quantity.key, band)) is not None}
     data_sets = sorted({c.data for c in cells})
-    figure, axes = plt.subplots(1, len(data_sets), figsize=(6 * len(data_sets), 4.5), squeeze=False)
-    colours = plt.get_cmap("tab20")
-    styles = ("-", "--", ":")  # beyond 20 rows, colours repeat with another line style
-    for index, cell in enumerate(cells):
-        ax = axes[0, data_sets.index(cell.data)]
-        for number, run in enumerate(cell.runs):
-            epochs, minutes, ys = curves(run)[name]
-            label = f"{cell.label} n={len(cell.runs)}" if number == 0 else None
-            ax.plot(minutes if against_time else epochs, ys, color=colours(index % 20), linewidth=1,
-                    linestyle=styles[index // 20 % 3], label=label)
-    for ax, data in zip(axes[0], data_sets, strict=True):
-        ax.set_title(data)
-        ax.set_xlabel("wall-clock minutes" if against_time else "epoch")
-        ax.set_ylabel("student kNN accuracy %" if name == "knn" else "training loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    rows = [(data, [q for q in QUANTITIES if any((i, q) in series for i, c in enumerate(cells) if c.data == data)])
+            for data in data_sets]
+    rows = [(data, quantities) for data, quantities in rows if quantities]
+    if not rows:
+        return None
+    columns = max(len(quantities) for _, quantities in rows)
+    figure = plt.figure(figsize=(4.5 * columns, 3.5 * len(rows)))
+    grid = figure.add_gridspec(len(rows), columns)
+    handles: dict[str, Line2D] = {}
+    for row, (data, quantities) in enumerate(rows):
+        for column, quantity in enumerate(quantities):
+            ax = figure.add_subplot(grid[row, column])
+            for index, cell in enumerate(cells):
+                if cell.data == data and (index, quantity) in series:
+                    found = series[index, quantity]
+                    label = legend_label(cell, found, band, len(data_sets) > 1)
+                    handles.setdefault(label, draw(ax, found, against_time, curve_style(index), label))
+            ax.set_title(data)
+            ax.set_xlabel("wall-clock minutes (training + evaluation)" if against_time else "epoch")
+            ax.set_ylabel(quantity.label)
+            ax.grid(alpha=0.3)
     figure.tight_layout()
+    place_legend(figure, handles)
     return figure
 
 
@@ -295,8 +411,9 @@ def main(args: list[str] | None = None) -> str:
     try:
         cells = group(find_runs(cfg.runs))
         text = table(cells)
-        figures = {f"{name}_vs_{axis}.png": curve_figure(cells, name, axis == "time")
-                   for name in ("knn", "loss") for axis in ("epoch", "time")}
+        curve_figures = {f"curves_vs_{axis}.png": curve_figure(cells, axis == "time", cfg.band)
+                         for axis in ("epoch", "time")}
+        figures = {name: figure for name, figure in curve_figures.items() if figure is not None}
         figures["throughput.png"] = throughput_figure(cells)
     except (ReportError, KeyError, TypeError) as error:
         plt.close("all")
@@ -308,12 +425,16 @@ def main(args: list[str] | None = None) -> str:
         "kNN: the student's weighted kNN top-1 (k = run.knn_k), last evaluation (best). Linear: the Mini-SSL protocol "
         "(tools/linear_probe.py), last epoch (best), else the fast probe. Several seeds: mean ± sample "
         "standard deviation over n runs; [k of n]: only k runs have the figure. †: stopped before its last epoch.",
+        "Curves: one line per row, the mean over its seeds at the epochs every seed logged, in a band of "
+        + ("± 1 sample standard deviation" if cfg.band == "std" else "min–max") + "; wall-clock minutes are the "
+        "training seconds of metrics.jsonl plus its evaluations' seconds.",
         *(f"![{name[:-4]}]({name})" for name in figures),
     ]) + "\n"
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
-            write_atomic(cfg.out / name, functools.partial(figure.savefig, format="png", dpi=110))
+            save = functools.partial(figure.savefig, format="png", dpi=110, bbox_inches="tight")  # legend included
+            write_atomic(cfg.out / name, save)
         write_text_atomic(cfg.out / "results.md", markdown)
     except OSError as error:
         fail(PROGRAM, f"--out {cfg.out}: cannot write ({error})")

@@ -3,19 +3,26 @@
     python tools/show_views.py --recipe byol --data data/cifar10 --out byol.png
     python tools/show_views.py --recipe dino --local-crops 6 --data data/cifar10 --out dino.png
     python tools/show_views.py --recipe vicregl --preset imagenette-224 --data data/imagenette
+    python tools/show_views.py --recipe byol --data data/cifar10 --views.local-rotation-p 1 --out lorot.png
 
 Needs matplotlib (the [report] extra). One row per source image: the source first (black
 frame, each view's crop box drawn on it in that view's colour), then every view of every
 view group of the recipe's preset (``TrainConfig.view_groups()``: asymmetric pairs, weak
 teacher views, multi-crop local crops), un-normalised for display. Under each view, the
 parameters the pipeline drew for it and made its pixels with: crop box, flip, colour
-jitter factors, grayscale, blur σ, solarisation.
+jitter factors, grayscale, blur σ, solarisation, and the geometric ops it drew (vertical
+flip, rotation by 90°, LoRot-I's quadrant and angle, region confusion), if any.
+
+Options with a dot change the preset's views as the recipe's own command line does
+(``--views.region-confusion-p 1``, ``--second-views.blur-p 0``, ``--local-views.vflip-p 0.5``),
+so any view setting, the geometric ops of ``pipelines/geometry.py`` included, can be drawn.
 """
 
 from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,12 +37,13 @@ from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from fastssl.cli import fail, parse  # noqa: E402
-from fastssl.config import LocalCropsTrainConfig, TrainConfig, view_fields  # noqa: E402
+from fastssl.config import ConfigError, LocalCropsTrainConfig, TrainConfig, validate, view_fields  # noqa: E402
 from fastssl.recipes import UnknownRecipe, get  # noqa: E402
 from fastssl.train.checkpoint import write_atomic  # noqa: E402
 from pipelines.augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, ViewParams  # noqa: E402
 from pipelines.dataset import DatasetError, DatasetInfo, read_info  # noqa: E402
 from pipelines.formats import open_split  # noqa: E402
+from pipelines.geometry import QUADRANTS  # noqa: E402
 from pipelines.views import ViewRecipe  # noqa: E402
 
 if TYPE_CHECKING:
@@ -83,8 +91,22 @@ class View:
         return f"{self.group} {self.number}: {self.field}"
 
 
-def train_config(cfg: ShowConfig) -> tuple[TrainConfig, str]:
-    """The recipe's preset with the command line's changes, and the preset's name."""
+def view_changes(args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` split into this tool's options and the changes of the recipe's settings: the
+    options with a dot (``--views.vflip-p 0.5``), each with the values that follow it."""
+    own: list[str] = []
+    changes: list[str] = []
+    target = own
+    for arg in args:
+        if arg.startswith("--"):
+            target = changes if "." in arg.split("=")[0] else own
+        target.append(arg)
+    return own, changes
+
+
+def train_config(cfg: ShowConfig, changes: Sequence[str] = ()) -> tuple[TrainConfig, str]:
+    """The recipe's preset with the command line's changes (``changes``: the recipe's own
+    options, see ``view_changes``), and the preset's name."""
     try:
         recipe = get(cfg.recipe)
     except UnknownRecipe as error:
@@ -100,6 +122,13 @@ def train_config(cfg: ShowConfig) -> tuple[TrainConfig, str]:
         if cfg.local_crops < 0:
             fail(PROGRAM, f"--local-crops {cfg.local_crops}: must not be negative")
         train = replace(train, local_crops=cfg.local_crops)
+    if changes:
+        train = parse(recipe.train_config, train, changes, PROGRAM)
+        try:
+            validate(train)
+            ViewRecipe(train.view_groups())  # refuses what the checks above do not see (a group's mixed grids)
+        except (ConfigError, ValueError) as error:
+            fail(PROGRAM, error)
     return train, name
 
 
@@ -128,7 +157,8 @@ def caption(params: ViewParams, row: int) -> str:
     """The parameters of view ``row`` of ``params``, one line per op, as drawn under its tile:
     crop box (top, left, height, width in source pixels), flip, the jitter factors of the
     adjustments it has (brightness, contrast, saturation multipliers; hue shift in turns)
-    when applied, grayscale, blur σ in pixels, solarisation."""
+    when applied, grayscale, blur σ in pixels, solarisation; then, when the view drew any, its
+    geometric ops (rotations counter-clockwise)."""
     top, left, height, width = params.crop.boxes[row].tolist()
     yes = {True: "yes", False: "no"}
     jitter = params.jitter
@@ -146,7 +176,24 @@ def caption(params: ViewParams, row: int) -> str:
         f"flip {yes[bool(params.flip[row])]} · gray {yes[bool(params.grayscale[row])]}",
         f"jitter {jitter_text}",
         f"blur {f'σ {sigma:.2f}' if sigma > 0 else 'none'} · solarised {yes[bool(params.solarize[row])]}",
+        *geometry_caption(params, row),
     ])
+
+
+def geometry_caption(params: ViewParams, row: int) -> list[str]:
+    """The geometric ops view ``row`` drew, as one caption line (none when it drew none)."""
+    drawn = []
+    if params.vflip is not None and params.vflip[row]:
+        drawn.append("vflip")
+    if params.rotate is not None and params.rotate[row]:
+        drawn.append("rot 90°")
+    if params.local_rotation is not None and params.local_rotation[row, 1] > 0:
+        quadrant, k = params.local_rotation[row].tolist()
+        drawn.append(f"LoRot {QUADRANTS[quadrant]} {90 * k}°")
+    order = params.region_order
+    if order is not None and (order[row] != torch.arange(order.shape[1])).any():
+        drawn.append("regions shuffled")
+    return [" · ".join(drawn)] if drawn else []
 
 
 def upsampled(views: list[View], info: DatasetInfo) -> str | None:
@@ -246,14 +293,15 @@ def save_png(figure: Figure, path: Path, dpi: int) -> None:
     write_atomic(path, lambda temporary: Image.fromarray(pixels).save(temporary, format="PNG", optimize=True))
 
 
-def show(cfg: ShowConfig) -> None:
+def show(cfg: ShowConfig, changes: Sequence[str] = ()) -> None:
+    """Draw ``cfg``'s figure; ``changes``: the recipe's options changing its views."""
     if cfg.images < 1:
         fail(PROGRAM, f"--images {cfg.images}: must be at least 1")
     if cfg.dpi < 1:
         fail(PROGRAM, f"--dpi {cfg.dpi}: must be at least 1")
     if cfg.out.suffix.lower() != ".png":
         fail(PROGRAM, f"--out {cfg.out}: must be a .png file")
-    train, preset = train_config(cfg)
+    train, preset = train_config(cfg, changes)
     try:
         info = read_info(cfg.data)
     except DatasetError as error:
@@ -295,7 +343,8 @@ def show(cfg: ShowConfig) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    show(parse(ShowConfig, None, args, PROGRAM, description=__doc__))
+    own, changes = view_changes(sys.argv[1:] if args is None else args)
+    show(parse(ShowConfig, None, own, PROGRAM, description=__doc__), changes)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,9 @@ def mini_ssl_tiny_imagenet(method_config: type) -> dict[str, Preset]:
     return {name: preset(name, method=method) for name in ("tiny-imagenet", "tiny-imagenet-32")}
 
 
-DATA_SETS = ("cifar10", "cifar100", "tiny-imagenet", "tiny-imagenet-32", "stl10", "imagenette-128", "imagenette-224")
+DATA_SETS = ("cifar10", "cifar100", "tiny-imagenet", "tiny-imagenet-32", "stl10", "imagenette-128", "imagenette-224",
+             "imagenette-v2-160", "imagewoof-224", "nabirds-224")
+
 
 
 def dataset_presets(cifar10: C) -> dict[str, C]:
@@ -97,6 +99,13 @@ def dataset_presets(cifar10: C) -> dict[str, C]:
     def imagenet_like(size: int) -> C:  # ImageNet stem and statistics (fastssl-tuned for Imagenette)
         views = with_views(cifar10, size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         return replace(views, model=replace(model, cifar_stem=False, maxpool=True, patch_size=16))
+
+    def study_like() -> C:
+        """The seed-003 study's geometry: ResNet-18 with the ImageNet stem, 224 px views, batch
+        256, 200 epochs (its optimiser is each recipe's ``lightly`` convention, its views the
+        study's transformations, pipelines/transformations.py)."""
+        cfg = imagenet_like(224)
+        return replace(cfg, optim=replace(cfg.optim, batch_size=256, epochs=200))
 
     return {
         "cifar10": cifar10,
@@ -118,4 +127,9 @@ def dataset_presets(cifar10: C) -> dict[str, C]:
         ),
         "imagenette-128": imagenet_like(128),
         "imagenette-224": imagenet_like(224),
+        # The study's data sets (seed 003), each at its 224 px views. ImageNette v2-160 is stored
+        # at its shorter side of 160 px (convert it without --size): the study upsamples it.
+        "imagenette-v2-160": replace(study_like(), upsampled_views="the study's 224 px views of ImageNette v2-160"),
+        "imagewoof-224": study_like(),
+        "nabirds-224": study_like(),
     }

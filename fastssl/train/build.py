@@ -99,7 +99,7 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
                        torch.bfloat16 if precision == "bf16" else torch.float32)
     world = accelerator.num_processes
     loader = Loader(cfg.data, views, cfg.optim.batch_size, accelerator.device, cfg.run.seed,
-                    accelerator.process_index, world, cfg.train_splits, cfg.eval_size)
+                    accelerator.process_index, world, cfg.train_splits, cfg.eval_size, cfg.upsampled_views)
     m, o = cfg.model, cfg.optim
     group_size = split_bn_group_size(m.bn_splits, o.batch_size, world) if m.norm == "split_bn" else 1
     backbone = backbone_from_config(m, views.first.size, group_size)

@@ -44,3 +44,16 @@ def test_only_rank_zero_warns(small_dataset):
         warnings.simplefilter("error")
         too_large = ViewRecipe({"global": [ViewConfig(size=32)] * 2})
         Loader(small_dataset, too_large, 4, torch.device("cpu"), rank=1, world=2)
+
+
+def test_views_upsampled_on_purpose_say_so_once_per_data_set(tmp_path):
+    # ImageNette v2-160 at the study's 224 px: the preset's reason replaces the advice, and the
+    # probes' loaders on the same data set (other view groups) do not repeat it.
+    data = make_tensor_dataset(tmp_path / "small160", train=8, test=4, size=16)
+    reason = "the study's views of a smaller data set"
+    with pytest.warns(UserWarning, match=f"training on upsampled views \\(on purpose: {reason}\\)") as caught:
+        Loader(data, ViewRecipe({"global": [ViewConfig(size=32)] * 2}), 4, torch.device("cpu"), upsampled=reason)
+    assert len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _loader(data, {"global": [ViewConfig(size=24)]})

@@ -16,7 +16,7 @@ from PIL import Image
 from tools import report as tool
 
 ROOT = Path(__file__).resolve().parents[2]
-PLOTS = ["knn_vs_epoch.png", "knn_vs_time.png", "loss_vs_epoch.png", "loss_vs_time.png", "throughput.png"]
+PLOTS = ["curves_vs_epoch.png", "curves_vs_time.png", "throughput.png"]
 
 METRICS = [  # two epochs of two steps, batch 100; logged every step
     {"kind": "eval", "epoch": 0, "knn_student": 20.0, "seconds": 6.0},
@@ -91,11 +91,13 @@ def test_seeds_pool_into_mean_and_std(runs, tmp_path, capsys):
 def test_wall_clock_is_rebuilt_from_the_log(runs):
     run = tool.read_run(runs / "moco-s1")
     curves = tool.curves(run)
+    assert sorted(curves) == ["knn_student", "loss"]  # no teacher, no probe logged
     # eval 6 s; step 1: 100 images at 100/s; step 2: 100 at 50/s; eval 6 s; steps 1–2 of epoch 1: 200 at 200/s; eval
-    assert curves["loss"][0] == [0.5, 1.0, 2.0]
-    assert curves["loss"][1] == pytest.approx([7 / 60, 9 / 60, 16 / 60])
-    assert curves["knn"][0] == [0, 1, 2] and curves["knn"][2] == [20.0, 40.0, 50.0]
-    assert curves["knn"][1] == pytest.approx([6 / 60, 15 / 60, 22 / 60])
+    assert list(curves["loss"]) == [0.5, 1.0, 2.0] and [v for _, v in curves["loss"].values()] == [5.0, 4.0, 3.0]
+    assert [m for m, _ in curves["loss"].values()] == pytest.approx([7 / 60, 9 / 60, 16 / 60])
+    assert list(curves["knn_student"]) == [0, 1, 2]
+    assert [v for _, v in curves["knn_student"].values()] == [20.0, 40.0, 50.0]
+    assert [m for m, _ in curves["knn_student"].values()] == pytest.approx([6 / 60, 15 / 60, 22 / 60])
 
 
 def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
