@@ -15,7 +15,7 @@ from fastssl.losses.barlow_twins import barlow_twins_loss
 from fastssl.methods.base import Encoder, Method, MethodOutput
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import expander
-from fastssl.recipes import register
+from fastssl.recipes import lightly, register
 from fastssl.recipes.defaults import SOLO_ASYMMETRIC, SOLO_LARS, SOLO_MODEL
 from pipelines.batch import ViewBatch
 
@@ -52,7 +52,13 @@ class BarlowTwins(Method):
 # solo-learn's CIFAR barlow.yaml: its asymmetric views, its LARS (warm-up from 3e-5) and its
 # plain BN over each view's batch (one GPU). Project-wide instead: 200 epochs (solo-learn
 # trains 1000: CIFAR-10 92.10 %, CIFAR-100 70.90 % online linear).
+# ``lightly``: its BarlowTwinsModel (fastssl/recipes/lightly.py): BarlowTwinsLoss() (λ 5e-3, no
+# scale), BarlowTwinsProjectionHead(512, 2048, 2048), its SGD without warm-up. Not expressible: its
+# loss standardises with the unbiased std and no ε (fastssl: BatchNorm's biased variance + 1e-5).
 register(
     "barlow_twins", BarlowTwins, BarlowTwinsConfig, summary="Barlow Twins · solo-learn (LARS)",
     views=SOLO_ASYMMETRIC, optim=SOLO_LARS, model=SOLO_MODEL,
+    conventions={"lightly": lightly.convention(
+        BarlowTwinsConfig(), SOLO_LARS, SOLO_MODEL, optim=lightly.SGD, model=lightly.MODEL,
+        method={"lambd": 5e-3, "scale_loss": 1.0, "proj_hidden": 2048, "proj_dim": 2048})},
 )

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastssl.config import ModelConfig, OptimConfig
 from fastssl.losses.cosine import normalized_l2
 from fastssl.methods.base import EMATeacher, Encoder, Method, MethodOutput, Progress
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import byol_heads
-from fastssl.recipes import preset, register
+from fastssl.recipes import lightly, preset, register
 from fastssl.recipes.defaults import BYOL_PAPER_PAIR, MINI_SSL_PAIR, mini_ssl_tiny_imagenet
 from pipelines.batch import ViewBatch
 
@@ -74,10 +75,19 @@ class BYOL(Method):
 # with p 0.1 and solarised with p 0.2; view 1 keeps Mini-SSL's blur p 0.5 where the paper
 # blurs always: ``--views.blur-p 1``). Other sources: solo-learn's CIFAR byol.yaml takes its
 # asymmetric.yaml (no blur on either view) and trains 1000 epochs with LARS 1.0, wd 1e-5.
+# ``lightly``: its BYOLModel (fastssl/recipes/lightly.py): constant τ 0.99, no shuffled target,
+# BYOLProjectionHead(512, 4096, 256) and BYOLPredictionHead(256, 4096, 256), plain BN, and its SGD
+# (0.06, wd 5e-4) on NegativeCosineSimilarity, −cos, where fastssl's loss is 2 − 2·cos: twice the
+# gradient, so lr 0.03 with wd 1e-3 takes exactly lightly's steps.
 register(
     "byol", BYOL, BYOLConfig, summary="BYOL, constant EMA 0.99, shuffled target · Mini-SSL",
     views=MINI_SSL_PAIR,
     presets={**mini_ssl_tiny_imagenet(BYOLConfig),
              "cifar10-paper": preset("cifar10", second_views=BYOL_PAPER_PAIR.defaults["second_views"],
                                      method={"momentum_final": 1.0})},
+    conventions={"lightly": lightly.convention(
+        BYOLConfig(), OptimConfig(), ModelConfig(), model=lightly.MODEL,
+        optim={**lightly.SGD, "lr_per_256": 0.03, "weight_decay": 1e-3},
+        method={"momentum": 0.99, "momentum_final": None, "shuffle_bn": False, "proj_hidden": 4096, "proj_dim": 256,
+                "pred_hidden": 4096})},
 )

@@ -15,12 +15,13 @@ from typing import Literal
 
 import torch
 
+from fastssl.config import ModelConfig, OptimConfig
 from fastssl.distributed import gather_with_grad, rank
 from fastssl.losses.infonce import Backend, batch_info_nce, nt_xent
 from fastssl.methods.base import Encoder, Method, MethodOutput
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
-from fastssl.recipes import register
+from fastssl.recipes import lightly, register
 from pipelines.batch import ViewBatch
 
 
@@ -64,4 +65,12 @@ class SimCLR(Method):
 
 
 # Mini-SSL's SimCLR run: the project's defaults, the same as the MoCo v2 recipe's.
-register("simclr", SimCLR, SimCLRConfig, summary="SimCLR, cross-view InfoNCE (NT-Xent as an option) · Mini-SSL")
+# ``lightly``: its SimCLRModel (fastssl/recipes/lightly.py): NTXentLoss() — τ 0.5 over the 2N − 2
+# negatives — and SimCLRProjectionHead(512, 512, 128) (BN after both layers, no biases), its SGD
+# without warm-up, plain BN.
+register(
+    "simclr", SimCLR, SimCLRConfig, summary="SimCLR, cross-view InfoNCE (NT-Xent as an option) · Mini-SSL",
+    conventions={"lightly": lightly.convention(
+        SimCLRConfig(), OptimConfig(), ModelConfig(), optim=lightly.SGD, model=lightly.MODEL,
+        method={"loss": "nt_xent", "temperature": 0.5, "proj_hidden": 512, "proj_dim": 128})},
+)

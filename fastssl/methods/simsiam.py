@@ -17,12 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import chain
 
-from fastssl.config import OptimConfig, TrainConfig
+from fastssl.config import ModelConfig, OptimConfig, TrainConfig
 from fastssl.losses.cosine import negative_cosine
 from fastssl.methods.base import Encoder, Method, MethodOutput
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import mlp
-from fastssl.recipes import Views, register
+from fastssl.recipes import Views, lightly, register
 from fastssl.train.optim import decay_groups
 from pipelines.batch import ViewBatch
 from pipelines.spec import ViewConfig
@@ -75,8 +75,14 @@ class SimSiam(Method):
 # epochs (800), split-BN in 8 groups. Sources disagree: solo-learn's CIFAR config uses SGD
 # 0.5 × batch/256, wd 1e-5, a 3-layer projector, blurred views with crop scale 0.08–1 and
 # 1000 epochs; lightly's CIFAR benchmark SGD 0.06 unscaled with wd 5e-4. The paper comes first.
+# ``lightly``: its SimSiamModel (fastssl/recipes/lightly.py): SGD at 0.06 "no lr-scaling", the
+# predictor on the schedule with the rest, SimSiamPredictionHead(2048, 512, 2048), plain BN. Not
+# expressible: its SimSiamProjectionHead(512, 2048, 2048) has three layers (fastssl's two).
+_OPTIM = OptimConfig(lr_per_256=0.03, weight_decay=5e-4, warmup_epochs=0)
 register(
     "simsiam", SimSiam, SimSiamConfig, summary="SimSiam, fixed-lr predictor · the paper's CIFAR setting",
-    views=Views(TrainConfig, {"views": ViewConfig(blur_p=0.0)}),
-    optim=OptimConfig(lr_per_256=0.03, weight_decay=5e-4, warmup_epochs=0),
+    views=Views(TrainConfig, {"views": ViewConfig(blur_p=0.0)}), optim=_OPTIM,
+    conventions={"lightly": lightly.convention(
+        SimSiamConfig(), _OPTIM, ModelConfig(), optim={**lightly.SGD, "lr_scaling": "none"}, model=lightly.MODEL,
+        method={"proj_hidden": 2048, "proj_dim": 2048, "pred_hidden": 512, "predictor_fixed_lr": False})},
 )

@@ -37,7 +37,7 @@ from fastssl.methods.base import Method, MethodOutput, Progress, PrototypeEncode
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import Prototypes, mlp
-from fastssl.recipes import register
+from fastssl.recipes import lightly, register
 from fastssl.recipes.defaults import SOLO_LARS, SOLO_MODEL, SOLO_SYMMETRIC_VIEW, multi_crop
 from pipelines.batch import ViewBatch
 
@@ -115,8 +115,22 @@ class SwAV(Method):
 # epochs (fastssl's CIFAR budget; solo-learn trains 1000). Multi-crop: solo-learn's
 # CIFAR SwAV uses 2 crops and no local ones; ``--local-crops 6`` gives the paper's 2+6 at
 # CIFAR scale, whose global crops then narrow to scale 0.14–1 (``--views.crop-scale 0.14 1``).
+# ``lightly``: its SwaVModel (fastssl/recipes/lightly.py): SwaVLoss() (τ 0.1, 3 Sinkhorn
+# iterations at ε 0.05), SwaVProjectionHead(512, 2048, 128), SwaVPrototypes(128, 3000) put back on
+# the sphere before every step (``prototypes.normalize()``) and never frozen, no queue (its
+# SwaVQueueModel is another model), and torch.optim.Adam(lr=1e-3 * lr_factor, weight_decay=1e-6)
+# with CosineAnnealingLR, no warm-up. Not expressible: Adam's L2 weight decay (fastssl's AdamW
+# decouples it), the prototypes' bias (an nn.Linear's) and the radial part of their gradient, which
+# Adam's moments see (fastssl normalises V in the forward pass); its 2×128 + 6×64 px crops are views.
+_OPTIM = replace(SOLO_LARS, lr_per_256=0.6, weight_decay=1e-6)
 register(
     "swav", SwAV, SwAVConfig, summary="SwAV, Sinkhorn, prototypes, queue, multi-crop option · solo-learn (LARS)",
-    views=multi_crop(SOLO_SYMMETRIC_VIEW), optim=replace(SOLO_LARS, lr_per_256=0.6, weight_decay=1e-6),
-    model=SOLO_MODEL,
+    views=multi_crop(SOLO_SYMMETRIC_VIEW), optim=_OPTIM, model=SOLO_MODEL,
+    conventions={"lightly": lightly.convention(
+        SwAVConfig(), _OPTIM, SOLO_MODEL, model=lightly.MODEL,
+        optim={"optimizer": "adamw", "lr_per_256": 1e-3, "lr_scaling": "linear", "momentum": 0.9,
+               "weight_decay": 1e-6, "warmup_epochs": 0.0},
+        method={"temperature": 0.1, "epsilon": 0.05, "sinkhorn_iterations": 3, "prototypes": 3000,
+                "proj_hidden": 2048, "proj_dim": 128, "queue_size": 0, "freeze_prototypes_epochs": 0,
+                "renormalize_prototypes": True})},
 )

@@ -16,7 +16,7 @@ from fastssl.losses.vicreg import Reduction, vicreg_terms
 from fastssl.methods.base import Encoder, Method, MethodOutput
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import expander
-from fastssl.recipes import register
+from fastssl.recipes import lightly, register
 from fastssl.recipes.defaults import SOLO_LARS, SOLO_MODEL, SOLO_VICREG_VIEWS
 from pipelines.batch import ViewBatch
 
@@ -67,5 +67,15 @@ class VICReg(Method):
 # the paper's Eq. 6 and solo-learn do (``--method.variance-reduction mean`` for the authors'
 # main_vicreg.py and lightly). Project-wide instead: 200 epochs (solo-learn trains 1000:
 # CIFAR-10 92.07 %, CIFAR-100 68.54 % online linear).
-register("vicreg", VICReg, VICRegConfig, summary="VICReg · solo-learn (LARS)", views=SOLO_VICREG_VIEWS,
-         optim=SOLO_LARS, model=SOLO_MODEL)
+# ``lightly``: its VICRegModel (fastssl/recipes/lightly.py): VICRegLoss() (λ = μ = 25, ν = 1; the
+# two views' variance terms averaged, ``0.5 * (variance_loss(z_a) + variance_loss(z_b))``, their
+# covariance terms summed), BarlowTwinsProjectionHead(512, 2048, 2048), its LARS with 20 warm-up
+# epochs (``40 if max_epochs >= 800 else 20``).
+register(
+    "vicreg", VICReg, VICRegConfig, summary="VICReg · solo-learn (LARS)", views=SOLO_VICREG_VIEWS,
+    optim=SOLO_LARS, model=SOLO_MODEL,
+    conventions={"lightly": lightly.convention(
+        VICRegConfig(), SOLO_LARS, SOLO_MODEL, optim={**lightly.LARS, "warmup_epochs": 20.0}, model=lightly.MODEL,
+        method={"invariance_weight": 25.0, "variance_weight": 25.0, "covariance_weight": 1.0,
+                "variance_reduction": "mean", "covariance_reduction": "sum", "proj_hidden": 2048, "proj_dim": 2048})},
+)

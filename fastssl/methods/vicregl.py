@@ -24,7 +24,7 @@ from fastssl.methods.base import Encoded, Encoder, Method, MethodOutput
 from fastssl.methods.vicreg import VICRegConfig
 from fastssl.models.backbone import Backbone
 from fastssl.models.heads import expander
-from fastssl.recipes import preset, register
+from fastssl.recipes import lightly, preset, register
 from fastssl.recipes.defaults import SOLO_LARS, SOLO_MODEL, SOLO_VICREG_VIEWS
 from pipelines.batch import ViewBatch
 
@@ -116,9 +116,26 @@ class VICRegL(Method):
 # local views, i.e. (7, 7) here with two global views. num_matches follows the size of the
 # last feature map: the authors' (20, 4) for imagenette-224 (7×7); the 4×4 maps of CIFAR,
 # tiny-imagenet, stl10 (64 px crops) and imagenette-128 keep (7, 2).
+# ``lightly``: its VICRegLModel (fastssl/recipes/lightly.py): VICRegLLoss(num_matches=(16, 4)) —
+# α 0.75, the 16 and 4 best matches by location and by feature (at its 128 px views' 4×4 map, every
+# cell first), the global variance and covariance terms averaged over the views, the local ones
+# with ``0.5 * nu_param`` on the summed covariance, i.e. averaged too (fastssl's "mean"
+# reductions); the grid mirrored with a flipped view (random_crop_and_flip_with_grid.py);
+# BarlowTwinsProjectionHead(512, 2048, 2048) and VicRegLLocalProjectionHead(512, 128, 128); no
+# zero-initialised residual branches; its LARS with 10 warm-up epochs. Not expressible: the local
+# head normalises with LayerNorm (fastssl: BN), lightly's grid centres are spaced width/(g − 1)
+# apart (``torch.linspace(left, left + width, g) + width / (2g)``), and its matches come sorted by
+# distance (fastssl: in raster order, the authors' order; the per-slot statistics depend on it).
+_MODEL = replace(SOLO_MODEL, zero_init_residual=True)
 register(
     "vicregl", VICRegL, VICRegLConfig,
     summary="VICRegL, α global/local weight (--method.alpha) · the paper on VICReg's recipe",
-    views=SOLO_VICREG_VIEWS, optim=SOLO_LARS, model=replace(SOLO_MODEL, zero_init_residual=True),
+    views=SOLO_VICREG_VIEWS, optim=SOLO_LARS, model=_MODEL,
     presets={"imagenette-224": preset("imagenette-224", method={"num_matches": (20, 4)})},
+    conventions={"lightly": lightly.convention(
+        VICRegLConfig(), SOLO_LARS, _MODEL, optim={**lightly.LARS, "warmup_epochs": 10.0}, model=lightly.MODEL,
+        method={"alpha": 0.75, "num_matches": (16, 4), "all_feature_matches": False, "flip_grid": True,
+                "invariance_weight": 25.0, "variance_weight": 25.0, "covariance_weight": 1.0,
+                "variance_reduction": "mean", "covariance_reduction": "mean", "proj_hidden": 2048,
+                "proj_dim": 2048, "local_hidden": 128, "local_dim": 128})},
 )

@@ -14,6 +14,11 @@ A declaration (at the end of ``fastssl/methods/<name>.py``)::
 
 Every recipe gets the data-set presets of ``defaults.dataset_presets`` (the first,
 ``cifar10``, is the default); ``presets`` adds recipe-specific ones or changes those.
+``conventions`` are named sets of changes (in ``Preset.changes``' form) that make the recipe
+follow another code base's defaults on top of any preset, e.g. ``lightly``
+(``fastssl/recipes/lightly.py``)::
+
+    cfg = get("simclr").preset("imagenette-224", convention="lightly")
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class Recipe:
     optim: OptimConfig
     model: ModelConfig
     extra_presets: Mapping[str, Preset]
+    conventions: Mapping[str, Mapping[str, Any]]  # name → changes, as Preset.changes, applied on top of a preset
 
     @property
     def train_config(self) -> type[TrainConfig]:
@@ -86,10 +92,22 @@ class Recipe:
             presets[name] = made.made_from(presets)
         return presets
 
-    def preset(self, name: str | None = None, **changes: Any) -> TrainConfig:
-        """Preset ``name`` (default: the first) with ``changes`` (as ``Preset``'s)."""
+    def preset(self, name: str | None = None, convention: str | None = None, **changes: Any) -> TrainConfig:
+        """Preset ``name`` (default: the first), then ``convention``'s changes, then ``changes``
+        (as ``Preset``'s)."""
         presets = self.presets
-        return with_changes(presets[name or next(iter(presets))], changes)
+        cfg = presets[name or next(iter(presets))]
+        return with_changes(self.with_convention(cfg, convention), changes)
+
+    def with_convention(self, cfg: TrainConfig, convention: str | None) -> TrainConfig:
+        """``cfg`` with the changes of ``convention`` (None: none); a ``ValueError`` naming this
+        recipe's conventions if it has no such one."""
+        if convention is None:
+            return cfg
+        if convention not in self.conventions:
+            raise ValueError(f"{self.name} has no convention '{convention}' "
+                             f"(conventions: {', '.join(self.conventions) or 'none'})")
+        return with_changes(cfg, self.conventions[convention])
 
 
 _REGISTRY: dict[str, Recipe] = {}
@@ -99,15 +117,16 @@ _NOT_RECIPES = {"base", "memory"}  # modules of fastssl/methods that declare no 
 def register(
     name: str, method: type, config: type, *, summary: str, views: Views | None = None,
     optim: OptimConfig | None = None, model: ModelConfig | None = None, presets: Mapping[str, Preset] | None = None,
+    conventions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Recipe:
     """Declare recipe ``name``: ``method`` with its settings class ``config``, its ``views``
     (default: two Mini-SSL views of each image), its optimiser (default: Mini-SSL's SGD),
-    its backbone (default: Mini-SSL's CIFAR ResNet-18 with split-BN) and ``presets`` beyond
-    the data-set ones."""
+    its backbone (default: Mini-SSL's CIFAR ResNet-18 with split-BN), ``presets`` beyond
+    the data-set ones and its ``conventions`` (name → changes to any preset)."""
     from fastssl.recipes.defaults import MINI_SSL_VIEWS
 
     recipe = Recipe(name, method, config, summary, views or MINI_SSL_VIEWS, optim or OptimConfig(),
-                    model or ModelConfig(), presets or {})
+                    model or ModelConfig(), presets or {}, conventions or {})
     _REGISTRY[name] = recipe
     return recipe
 

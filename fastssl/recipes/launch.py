@@ -5,6 +5,7 @@ Besides the configuration's own options (``--optim.epochs 100``, all of them in 
 a recipe takes the options that say where its settings come from:
 
     --preset NAME          the defaults of a data set or variant (the first preset when absent)
+    --convention NAME      on top of the preset, another code base's defaults (e.g. lightly)
     --config FILE          a saved configuration (a run's config.yaml); options apply on top
     --resume               continue the run named by --data, --run.name and --run.out-dir
     --resume-from RUN_DIR  continue the run in that folder
@@ -52,6 +53,7 @@ from pipelines.dataset import DatasetError
 def launch_options(program: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=program, add_help=False, allow_abbrev=False)
     parser.add_argument("--preset")
+    parser.add_argument("--convention")
     parser.add_argument("--config", type=Path)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--resume-from", type=Path)
@@ -79,13 +81,15 @@ def main(name: str, args: list[str] | None = None) -> dict[str, Any]:
 def help_preamble(recipe: Recipe) -> str:
     return (f"{recipe.name}: {recipe.summary} (declared in fastssl/methods/{recipe.name}.py)\n"
             f"presets (--preset NAME, the first is the default): {', '.join(recipe.presets)}\n"
+            f"conventions (--convention NAME, on top of the preset): {', '.join(recipe.conventions) or 'none'}\n"
             "also: --config FILE (a run's config.yaml), --resume, --resume-from RUN_DIR, --resume-override")
 
 
 def run(recipe: Recipe, options: argparse.Namespace, rest: list[str], program: str) -> dict[str, Any]:
     resuming = options.resume or options.resume_from is not None
-    if options.preset is not None and (resuming or options.config):
-        raise RunError("--preset: a resumed or relaunched run takes its settings from the run")
+    for given, flag in ((options.preset, "--preset"), (options.convention, "--convention")):
+        if given is not None and (resuming or options.config):
+            raise RunError(f"{flag}: a resumed or relaunched run takes its settings from the run")
     if options.config is not None and resuming:
         raise RunError("--config starts a new run from saved settings; --resume continues one: give one of them")
     if options.resume_override and not resuming:
@@ -93,6 +97,9 @@ def run(recipe: Recipe, options: argparse.Namespace, rest: list[str], program: s
     presets = recipe.presets
     if options.preset is not None and options.preset not in presets:
         raise RunError(f"--preset {options.preset}: {recipe.name} has {', '.join(presets)}")
+    if options.convention is not None and options.convention not in recipe.conventions:
+        raise RunError(f"--convention {options.convention}: {recipe.name} has "
+                       f"{', '.join(recipe.conventions) or 'none'}")
     description = f"{recipe.name}: {recipe.summary}"
     data_given = any(arg == "--data" or arg.startswith("--data=") for arg in rest)
     resumed: Resumed | None = None
@@ -102,7 +109,7 @@ def run(recipe: Recipe, options: argparse.Namespace, rest: list[str], program: s
         resumed = resume_state(recipe, checkpoint_in(options.resume_from), locate_data=not data_given)
         default = resumed.cfg
     else:
-        default = presets[options.preset or next(iter(presets))]
+        default = recipe.with_convention(presets[options.preset or next(iter(presets))], options.convention)
     cfg = parse(recipe.train_config, default, rest, program, description)
     if options.resume and resumed is None:  # the run named by --data, --run.name and --run.out-dir
         folder = run_dir_of(cfg, recipe.name)

@@ -63,8 +63,8 @@ def test_a_study_preset_trains_on_its_data_set_layout(tmp_path, preset, make, co
     assert meta["splits"]["train"]["count"] == 8 and meta["splits"][held_out]["count"] == 4
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = run_recipe("simclr", ["--preset", preset, "--data", str(data), "--run.out-dir", str(tmp_path / "runs"),
-                                        *ONE_STEP])
+        args = ["--preset", preset, "--data", str(data), "--run.out-dir", str(tmp_path / "runs"), *ONE_STEP]
+        summary = run_recipe("simclr", args)
     config = summary["config"]
     assert config["views"]["size"] == 224 and config["model"]["cifar_stem"] is False
     assert config["optim"]["epochs"] == 200 and config["optim"]["batch_size"] == 4  # the study's 200 epochs

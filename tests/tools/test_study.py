@@ -140,13 +140,13 @@ def fake_cell(folder: Path, top1: float, minutes: float, top5: float | None = No
     (folder / "summary.json").write_text(json.dumps({
         "finished": True, "wall_time_s": 60 * minutes, "peak_memory_mib": 2048.0,
         "peak_memory_kind": "CUDA peak allocated", "device": "NVIDIA H100", "knn": {"student": {"last": 1.0}}}))
-    (folder / "linear.json").write_text(json.dumps({"lightly": {"last": top1, "last_top5": top5}}))
+    (folder / "linear.json").write_text(json.dumps({"mini-ssl": {"last": top1, "last_top5": top5}}))
 
 
 def test_tables_pool_seeds_as_mean_and_std_and_set_the_seed_minutes_beside_ours(tmp_path):
     grid_file = tmp_path / "grid.toml"
     grid_file.write_text(f'methods = ["barlow_twins", "vicregl"]\ntransformations = ["baseline"]\nalphas = [0.95]\n'
-                         f'seeds = [1, 2]\nout_dir = "{tmp_path}"\n[linear]\nprotocol = "lightly"\n'
+                         f'seeds = [1, 2]\nout_dir = "{tmp_path}"\n[linear]\nprotocol = "mini-ssl"\n'
                          '[data.imagenette]\npath = "nowhere"\npreset = "imagenette-224"\nseed_table = "imagenette"\n')
     grid = read_grid(grid_file, names())
     for cell, (top1, minutes) in zip(grid.cells, [(70.0, 10.0), (72.0, 14.0), (74.0, 6.0)], strict=False):
