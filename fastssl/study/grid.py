@@ -7,9 +7,10 @@
     alphas = [0.95, 0.25]                 # VICRegL's --method.alpha (other methods have one cell)
     seeds = [1339]                        # --run.seed
     overrides = { "optim.epochs" = 200 }  # options of every cell, as on a recipe's command line
+    convention = "lightly"                # optional: every recipe's --convention (another code base's defaults)
 
     [linear]                              # after training: tools/linear_probe.py
-    protocol = "mini-ssl"                 # mini-ssl, fast, or none (the kNN monitor only)
+    protocol = "lightly"                  # lightly, mini-ssl, fast, or none (the kNN monitor only)
     epochs = 90                           # optional: the protocol's own otherwise
 
     [data.imagenette]                     # one table per data set
@@ -41,7 +42,7 @@ import tomllib
 
 from pipelines.transformations import LOCAL_VIEW_FIELDS, TRANSFORMATIONS
 
-LINEAR_PROTOCOLS = ("mini-ssl", "fast", "none")
+LINEAR_PROTOCOLS = ("lightly", "mini-ssl", "fast", "none")
 
 
 class GridError(ValueError):
@@ -88,6 +89,7 @@ class Grid:
     cells: list[Cell]
     linear_protocol: str
     linear_epochs: int | None
+    convention: str | None = None  # every cell's recipe convention (--convention)
     slurm: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -134,7 +136,7 @@ def read_grid(file: Path, recipes: list[str]) -> Grid:
     except tomllib.TOMLDecodeError as error:
         raise GridError(f"{file}: not valid TOML ({error})") from None
     known = {"name", "out_dir", "methods", "transformations", "alphas", "seeds", "overrides",
-             "linear", "data", "override", "slurm"}
+             "convention", "linear", "data", "override", "slurm"}
     for key in raw:
         if key not in known:
             raise GridError(f"{file}: unknown key '{key}' (keys: {', '.join(sorted(known))})")
@@ -149,6 +151,9 @@ def read_grid(file: Path, recipes: list[str]) -> Grid:
     integers = all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) if isinstance(seeds, list) else False
     if not seeds or not integers:
         raise GridError(f"{file}: 'seeds' must be a non-empty list of integers")
+    convention = raw.get("convention")
+    if convention is not None:
+        _expect(file, "convention", convention, str, "a convention's name")
     linear = raw.get("linear", {})
     protocol = linear.get("protocol", "fast")
     if protocol not in LINEAR_PROTOCOLS:
@@ -187,7 +192,7 @@ def read_grid(file: Path, recipes: list[str]) -> Grid:
     slurm = raw.get("slurm", {})
     if not isinstance(slurm, dict):
         raise GridError(f"{file}: '[slurm]' must be a table of submitit parameters")
-    return Grid(file, name, out_dir, cells, protocol, epochs, slurm)
+    return Grid(file, name, out_dir, cells, protocol, epochs, convention, slurm)
 
 
 def option_args(option: str, value: Any) -> list[str]:

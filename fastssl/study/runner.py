@@ -42,6 +42,8 @@ def recipe_args(grid: Grid, cell: Cell, view_fields: list[str]) -> list[str]:
     """The recipe's command line for ``cell`` (``view_fields``: its recipe's view fields)."""
     args = ["--preset", cell.data.preset, "--data", str(cell.data.path),
             "--run.out-dir", str(cells_folder(grid)), "--run.name", cell.name, "--run.no-progress-bar"]
+    if grid.convention is not None:
+        args += ["--convention", grid.convention]
     args += transformation_args(cell.transformation, view_fields)
     if cell.alpha is not None:
         args += option_args("method.alpha", cell.alpha)
@@ -56,7 +58,7 @@ def probe_args(grid: Grid) -> list[str]:
 
 
 def check_recipes(grid: Grid) -> None:
-    """``GridError`` for a data set's preset that a method lacks."""
+    """``GridError`` for a data set's preset or the grid's convention that a method lacks."""
     from fastssl.recipes import get
 
     for cell in grid.cells:
@@ -64,6 +66,9 @@ def check_recipes(grid: Grid) -> None:
         if cell.data.preset not in recipe.presets:
             raise GridError(f"{grid.file}: data.{cell.data.key}: {cell.method} has no preset '{cell.data.preset}' "
                             f"(presets: {', '.join(recipe.presets)})")
+        if grid.convention is not None and grid.convention not in recipe.conventions:
+            raise GridError(f"{grid.file}: convention: {cell.method} has no convention '{grid.convention}' "
+                            f"(conventions: {', '.join(recipe.conventions) or 'none'})")
 
 
 def job_for(grid: Grid, cell: Cell) -> CellJob:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastssl.config import ModelConfig
-from fastssl.eval.linear import LinearConfig, fast_probe, fit_logistic, mini_ssl_linear, step_lr, train_view
+from fastssl.eval.linear import LinearConfig, fast_probe, fit_logistic, step_lr, train_linear, train_view
 from fastssl.models.backbone import backbone_from_config
 from pipelines.spec import ViewConfig
 
@@ -42,7 +42,7 @@ def test_protocol_leaves_the_backbone_unchanged(tiny_dataset):
     modes = []
     backbone.register_forward_pre_hook(lambda module, inputs: modes.append(module.training))
     cfg = LinearConfig(epochs=5, batch_size=16, eval_batch_size=32)
-    result = mini_ssl_linear(backbone.train(), tiny_dataset, ViewConfig(), cfg, torch.device("cpu"))
+    result = train_linear(backbone.train(), tiny_dataset, ViewConfig(), cfg, torch.device("cpu"))
 
     after = backbone.state_dict()
     for key, value in before.items():

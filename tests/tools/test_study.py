@@ -160,3 +160,40 @@ def test_tables_pool_seeds_as_mean_and_std_and_set_the_seed_minutes_beside_ours(
     assert "| barlow_twins | baseline | 71.0 ± 1.4 | 70.5 | 12.0 | 123.8 | 10.3× |" in markdown
     assert "| vicregl α=0.95 | baseline | 74.0 | 74.6 | 6.0 | 60.0 | 10.0× |" in markdown
     assert "unnamed GPU" in markdown
+
+
+def test_a_convention_no_method_has_exits_2_in_one_line(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('methods = ["simclr", "mocov2"]\nconvention = "lightly"\n'
+                    '[data.x]\npath = "d"\npreset = "cifar10"\n')
+    process = subprocess.run([sys.executable, str(ROOT / "tools" / "study.py"), str(grid)], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert process.returncode == 2
+    assert process.stderr.strip().count("\n") == 0 and "mocov2 has no convention 'lightly'" in process.stderr
+
+
+def test_the_seed003_grid_runs_each_recipe_by_lightlys_convention_and_linear_protocol():
+    """Every cell of the seed's grid takes the recipe's lightly convention on top of the data
+    set's preset, then the transformation and the grid's options, as the recipe's own command
+    line would; and is probed by lightly's linear protocol."""
+    from fastssl.cli import parse
+    from fastssl.config import view_fields
+    from fastssl.recipes import get
+    from fastssl.study.runner import check_recipes, recipe_args
+    from pipelines.transformations import TRANSFORMATIONS
+
+    grid = read_grid(ROOT / "configs" / "study" / "seed003.toml", names())
+    check_recipes(grid)
+    assert (len(grid.cells), grid.convention, grid.linear_protocol) == (170, "lightly", "lightly")
+    cell = next(c for c in grid.cells if (c.method, c.transformation, c.data.key) == ("vicreg", "lorot", "imagewoof"))
+    recipe = get(cell.method)
+    args = recipe_args(grid, cell, view_fields(recipe.presets[cell.data.preset]))
+    assert args[args.index("--convention") + 1] == "lightly" and args[args.index("--preset") + 1] == "imagewoof-224"
+    rest = [a for i, a in enumerate(args) if a not in ("--preset", "--convention")
+            and args[i - 1] not in ("--preset", "--convention")]
+    cfg = parse(recipe.train_config, recipe.preset(cell.data.preset, convention="lightly"), rest, "vicreg.py", "")
+    lightly = recipe.conventions["lightly"]
+    assert cfg.method.variance_reduction == lightly["method"]["variance_reduction"] == "mean"
+    assert recipe.preset().method.variance_reduction != "mean"
+    assert (cfg.optim.optimizer, cfg.optim.epochs, cfg.optim.batch_size) == ("lars", 200, 256)
+    assert cfg.views.local_rotation_p == TRANSFORMATIONS["lorot"]["local_rotation_p"]
