@@ -223,9 +223,15 @@ def validate(cfg: TrainConfig) -> list[str]:
         low, high = view.crop_scale
         if not 0 < low <= high <= 1:
             raise ConfigError(f"{flag}.crop-scale {low} {high}: must satisfy 0 < low ≤ high ≤ 1")
-        for p in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+        for p in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "vflip_p", "rotate_p",
+                  "local_rotation_p", "region_confusion_p"):
             if not 0 <= getattr(view, p) <= 1:
                 raise ConfigError(f"{flag}.{p.replace('_', '-')} {getattr(view, p)}: a probability, in [0, 1]")
+        if view.region_confusion_p > 0 and not 1 <= view.region_grid <= view.size:
+            raise ConfigError(f"{flag}.region-grid {view.region_grid}: must be between 1 and the view's "
+                              f"{view.size} px")
+        if view.region_neighbourhood < 0:
+            raise ConfigError(f"{flag}.region-neighbourhood {view.region_neighbourhood}: must not be negative")
     if cfg.eval_size is not None and (cfg.eval_size < 1 or (cfg.model.arch.startswith("vit")
                                                             and cfg.eval_size != cfg.views.size)):
         raise ConfigError(f"--eval-size {cfg.eval_size}: must be at least 1, and a ViT's its views' size "

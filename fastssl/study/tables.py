@@ -239,7 +239,7 @@ class StudyTables:
                 for i, line in enumerate(values):
                     for j, value in enumerate(line):
                         axes.text(j, i, "—" if math.isnan(value) else f"{value:.1f}", ha="center", va="center",
-                                  color="white" if not math.isnan(value) else "black", fontsize=9)
+                                  color=label_colour(image, value), fontsize=9)
                 figure.colorbar(image, ax=axes, label=label)
                 axes.set_title(f"{self.grid.name}: {data.key}, {label}")
                 path = folder / f"heatmap-{data.key}-{quantity}.png"
@@ -253,6 +253,15 @@ class StudyTables:
         if cell is None:
             return math.nan
         return cell.top1[0] if quantity == "top1" else cell.minutes
+
+
+def label_colour(image: Any, value: float) -> str:
+    """Black on a light cell, white on a dark one (by the colour's relative luminance), black
+    on an empty one (the axes' white)."""
+    if math.isnan(value):
+        return "black"
+    red, green, blue, _ = image.cmap(image.norm(value))
+    return "black" if 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.45 else "white"
 
 
 def write_tables(grid: Grid) -> StudyTables:

@@ -197,3 +197,18 @@ def test_the_seed003_grid_runs_each_recipe_by_lightlys_convention_and_linear_pro
     assert recipe.preset().method.variance_reduction != "mean"
     assert (cfg.optim.optimizer, cfg.optim.epochs, cfg.optim.batch_size) == ("lars", 200, 256)
     assert cfg.views.local_rotation_p == TRANSFORMATIONS["lorot"]["local_rotation_p"]
+
+
+def test_heat_map_labels_are_black_on_light_cells_and_white_on_dark_ones():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fastssl.study.tables import label_colour
+
+    figure, axes = plt.subplots()
+    image = axes.imshow([[0.0, 1.0]], cmap="viridis")  # dark purple to light yellow
+    assert (label_colour(image, 0.0), label_colour(image, 1.0), label_colour(image, float("nan"))) == (
+        "white", "black", "black")
+    plt.close(figure)

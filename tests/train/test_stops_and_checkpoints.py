@@ -230,6 +230,8 @@ def test_a_new_run_sets_aside_what_a_run_without_checkpoint_left(tiny_dataset, t
     (["--optim.epochs", "0"], "--optim.epochs 0: must be at least 1"),
     (["--views.crop-scale", "0", "1"], "--views.crop-scale 0.0 1.0: must satisfy"),
     (["--views.blur-p", "1.5"], "--views.blur-p 1.5: a probability"),
+    (["--views.local-rotation-p", "-0.1"], "--views.local-rotation-p -0.1: a probability"),
+    (["--views.region-confusion-p", "1", "--views.region-grid", "0"], "--views.region-grid 0: must be between 1"),
     (["--run.stop-signals", "SIGNOPE"], "--run.stop-signals SIGNOPE: not a signal"),
     (["--model.bn-splits", "3"], "--model.bn-splits 3: must share out"),
 ])
