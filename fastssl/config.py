@@ -27,8 +27,10 @@ M = TypeVar("M")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["resnet18", "resnet50", "vit_tiny", "vit_small"] = "resnet18"
-    """ResNets from torchvision's blocks; ViTs from timm (the [vit] extra)."""
+    arch: Literal["resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+                  "vit_tiny", "vit_small"] = "resnet18"
+    """ResNets from torchvision's blocks; MobileNets and EfficientNet-B0 from torchvision's models (distillation
+    students; torchvision's widths); ViTs from timm (the [vit] extra)."""
     patch_size: int = 4  # ViT patch side in pixels (4 for 32 px images, 16 for 224 px)
     cifar_stem: bool = True  # ResNet conv1 3×3 at stride 1 (Mini-SSL, for 32–64 px images); else 7×7 at stride 2
     maxpool: bool = False  # ResNet stem max-pool: dropped for CIFAR, kept for Tiny-ImageNet (Mini-SSL)
@@ -140,6 +142,15 @@ class SecondViewTrainConfig(TrainConfig[M]):
 
     def view_groups(self) -> dict[str, list[ViewConfig]]:
         return {"global": [self.views, self.second_views]}
+
+
+@dataclass(frozen=True)
+class SingleViewTrainConfig(TrainConfig[M]):
+    """One view of each image, which a student and its frozen teacher both see (SEED,
+    CompRess, SimReg)."""
+
+    def view_groups(self) -> dict[str, list[ViewConfig]]:
+        return {"global": [self.views]}
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,27 @@
 """The export of a run's student backbone: a plain state dict and a model card.
 
-The exported ResNet is a torchvision state dict without ``fc`` (fastssl's ResNet keeps
-torchvision's parameter names). At torchvision's width (``--model.width 64``) it loads
-strictly into ``torchvision.models.resnet18`` / ``resnet50`` once the stem matches the
-run's and the classifier is removed::
+The exported CNN is a torchvision state dict without its classifier (fastssl's ResNet keeps
+torchvision's parameter names, ``TorchvisionNet`` torchvision's ``features`` module). At
+torchvision's width (``--model.width 64``) a ResNet loads strictly into
+``torchvision.models.resnet18`` / ``resnet34`` / ``resnet50`` once the stem matches the run's
+and the classifier is removed::
 
     model = torchvision.models.resnet18()
     model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem (model.cifar_stem)
     model.maxpool = torch.nn.Identity()                        # dropped unless model.maxpool
     model.fc = torch.nn.Identity()                             # the export has no classifier
     model.load_state_dict(torch.load("backbone.pt"))
+
+A MobileNet-V2, MobileNet-V3-small or EfficientNet-B0 (always torchvision's widths) loads the
+same way into ``torchvision.models.<arch>()`` with ``model.classifier = torch.nn.Identity()``:
+torchvision's forward is features → average pool → flatten → classifier, so the model then
+gives the pooled features fastssl's backbone gives, and the Identity has no parameters, so
+the whole model loads strictly. With the CIFAR stem the lines first set the strides (and, for
+MobileNet-V3, the identity shortcut) in which ``fastssl.models.torchvision_nets.TorchvisionNet``
+differs from torchvision's model, e.g. for MobileNet-V2::
+
+    model.features[0][0].stride = (1, 1)
+    model.features[2].conv[1][0].stride = (1, 1)
 
 The model card's ``weights.build`` holds exactly these lines for the run (the tests execute
 them). torchvision's ResNets have 64 channels in the first stage: a narrower ``--model.width``
@@ -23,6 +35,7 @@ finds it (``fastssl.weights`` loads an export back).
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +46,7 @@ from torch import Tensor
 
 from fastssl.config import ModelConfig
 from fastssl.eval.linear import headline
+from fastssl.models.torchvision_nets import CONSTRUCTORS, TorchvisionNet
 from fastssl.models.vit import TIMM_NAMES
 from fastssl.run_folder import RunFolderError
 from fastssl.train.checkpoint import save_atomic, write_atomic
@@ -40,17 +54,43 @@ from fastssl.weights import CARD_FILE, WEIGHTS_FILE, Network, TrainedBackbone, l
 
 
 def exported_state_dict(trained: TrainedBackbone) -> dict[str, Tensor]:
-    """torchvision names for a ResNet (no ``fc``), timm's for a ViT; contiguous CPU tensors."""
+    """torchvision names for a CNN (no ``fc`` or ``classifier``), timm's for a ViT; contiguous
+    CPU tensors."""
     state = outside_names(trained.network).state_dict()
     return {name: value.detach().cpu().contiguous() for name, value in state.items()}
 
 
 def loads_into(model: ModelConfig) -> str:
-    """The library whose model the export loads into: timm (ViT), torchvision (ResNets of
-    width 64) or fastssl (narrower ResNets, which torchvision cannot build)."""
+    """The library whose model the export loads into: timm (ViT), torchvision (MobileNets,
+    EfficientNet-B0 and ResNets of width 64) or fastssl (narrower ResNets, which torchvision
+    cannot build)."""
     if model.arch.startswith("vit"):
         return "timm"
+    if model.arch in CONSTRUCTORS:  # built at torchvision's widths only
+        return "torchvision"
     return "torchvision" if model.width == 64 else "fastssl"
+
+
+def attribute_path(name: str) -> str:
+    """``features.2.conv.1.0`` (a ``named_modules`` name) as Python: ``.features[2].conv[1][0]``."""
+    return "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in name.split("."))
+
+
+@functools.cache
+def cifar_stem_changes(arch: str) -> tuple[str, ...]:
+    """The assignments that make ``torchvision.models.<arch>()`` (``model``) run as
+    ``TorchvisionNet``'s CIFAR stem: each convolution's ``stride`` and each block's
+    ``use_res_connect`` in which the two differ, read off the two networks."""
+    theirs = dict(CONSTRUCTORS[arch](weights=None).features.named_modules())
+    ours = TorchvisionNet(arch, cifar_stem=True, norm="bn").features
+    changes = []
+    for name, module in ours.named_modules():
+        for attribute in ("stride", "use_res_connect"):
+            value = getattr(module, attribute, None)
+            if value is not None and value != getattr(theirs[name], attribute):
+                changes.append(f"model{attribute_path(f'features.{name}' if name else 'features')}.{attribute} = "
+                               f"{value!r}")
+    return tuple(changes)
 
 
 def build_snippet(model: ModelConfig, image_size: int, weights_file: str = WEIGHTS_FILE) -> str:
@@ -72,6 +112,9 @@ def build_snippet(model: ModelConfig, image_size: int, weights_file: str = WEIGH
             load,
         ])
     lines = ["import torch, torchvision", f"model = torchvision.models.{model.arch}()"]
+    if model.arch in CONSTRUCTORS:  # ``maxpool`` is a ResNet option: these ignore it
+        changes = cifar_stem_changes(model.arch) if model.cifar_stem else ()
+        return "\n".join([*lines, *changes, "model.classifier = torch.nn.Identity()", load])
     if model.cifar_stem:
         lines.append("model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)")
     if not model.maxpool:

@@ -8,8 +8,9 @@ Three sources, told apart by what the path holds:
 - a fastssl export (``backbone.pt`` with ``model_card.json`` beside it, or the folder of
   the two): built from the card's ``config.model`` and ``preprocessing``, once the weights'
   sha256 matches the card's;
-- a plain state dict on disk (never downloaded) of a torchvision ResNet-18/50 (``fc.*``
-  dropped) or a timm ViT-Tiny/Small (``head.*`` dropped), perhaps under DDP's ``module.``
+- a plain state dict on disk (never downloaded) of a torchvision ResNet-18/34/50 (``fc.*``
+  dropped), MobileNet-V2, MobileNet-V3-small or EfficientNet-B0 (``classifier.*`` dropped)
+  or a timm ViT-Tiny/Small (``head.*`` dropped), perhaps under DDP's ``module.``
   prefix or wrapped as ``{"state_dict": …}`` / ``{"model": …}``: built as
   ``OutsideWeights`` names it, since such a file does not say what it is.
 
@@ -29,7 +30,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +49,8 @@ Network = Literal["student", "teacher"]
 WEIGHTS_FILE, CARD_FILE = "backbone.pt", "model_card.json"  # an export's two files
 CHECKPOINT_KEYS = {"method_name", "method", "config"}
 ANY_WEIGHTS = "fastssl checkpoint, export or state dict"
-Architecture = Literal["resnet18", "resnet50", "vit_tiny", "vit_small"]
+Architecture = Literal["resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+                       "vit_tiny", "vit_small"]
 
 
 class CheckpointError(Exception):
@@ -62,7 +64,9 @@ class OutsideWeights:
     name; fastssl checkpoints and exports name their own."""
 
     arch: Architecture | None = None  # the architecture of a plain state dict (required for one)
-    cifar_stem: bool = False  # ResNet: a 3×3 stride-1 conv1 (fastssl's CIFAR runs); else torchvision's 7×7, stride 2
+    cifar_stem: bool = False
+    """fastssl's CIFAR stem (ResNet: a 3×3 stride-1 conv1; MobileNets, EfficientNet: the strides of
+    fastssl.models.torchvision_nets); else torchvision's (ResNet: a 7×7 conv1 at stride 2)."""
     maxpool: bool = True  # ResNet: the stem's max-pool (torchvision keeps it; fastssl's CIFAR runs drop it)
     width: int = 64  # ResNet: channels of the first stage (64 in torchvision)
     patch_size: int = 16  # ViT: patch side in pixels (timm's vit_*_patch16_*: 16)
@@ -260,19 +264,28 @@ def state_dict_backbone(
     """A plain state dict's backbone, built as ``outside`` names it, its classifier dropped."""
     if outside.arch is None:
         raise CheckpointError(f"{path}: a plain state dict (no fastssl checkpoint or export): name its architecture "
-                              "with --arch resnet18|resnet50|vit_tiny|vit_small")
+                              f"with --arch {'|'.join(get_args(Architecture))}")
     if data is None:
         raise CheckpointError(f"{path}: a plain state dict names no data set: give --data")
     image_size = outside.image_size or min(read_info(data).image_size)
     model = ModelConfig(arch=outside.arch, patch_size=outside.patch_size, cifar_stem=outside.cifar_stem,
                         maxpool=outside.maxpool, width=outside.width, norm="bn")
     views = ViewConfig(size=image_size, mean=outside.mean, std=outside.std)
-    network = backbone_from_config(model, image_size, 1)
-    classifier = "head." if outside.arch.startswith("vit") else "fc."
-    backbone = {name: value for name, value in weights.items() if not name.startswith(classifier)}
+    try:
+        network = backbone_from_config(model, image_size, 1)
+    except ValueError as error:  # an option the architecture does not take
+        raise CheckpointError(f"{path}: {error}") from error
+    backbone = {name: value for name, value in weights.items() if not name.startswith(classifier_prefix(outside.arch))}
     load_strictly(outside_names(network), backbone, path, model, image_size)
     return TrainedBackbone(network.eval(), model, views, source=path, folder=path.parent, name=path.name,
                            kind="state dict", config={}, epochs_done=None, method=None)
+
+
+def classifier_prefix(arch: str) -> str:
+    """The names of the classifier a plain state dict of ``arch`` holds beside its backbone."""
+    if arch.startswith("vit"):
+        return "head."  # timm
+    return "fc." if arch.startswith("resnet") else "classifier."  # torchvision
 
 
 def describe(model: ModelConfig, image_size: int) -> str:
@@ -280,7 +293,9 @@ def describe(model: ModelConfig, image_size: int) -> str:
     if model.arch.startswith("vit"):
         return f"{model.arch} (patch {model.patch_size}, {image_size} px)"
     stem = "CIFAR stem" if model.cifar_stem else "ImageNet stem"
-    return f"{model.arch} ({stem}, width {model.width})"
+    if model.arch.startswith("resnet"):
+        return f"{model.arch} ({stem}, width {model.width})"
+    return f"{model.arch} ({stem}, torchvision's widths)"
 
 
 def first_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str | None:

@@ -135,6 +135,7 @@ class Loader:
         # The same on every rank: each draws the parameters of the whole global batch.
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.step = 0, 0
+        self.bags: Tensor | None = None  # with_companions
         self._eval_splits: dict[str, Split] = {self.info.train_split: parts[0]} if splits[0] == "train" else {}
         for name in (self.info.train_split, self.info.eval_split):  # opened now: a damaged one fails before training
             if name not in self._eval_splits:
@@ -158,8 +159,20 @@ class Loader:
         warnings.warn(f"{root}: views ({sizes}) larger than the stored {height}×{width} images: training on "
                       f"upsampled views ({advice})", stacklevel=2)
 
+    def with_companions(self, bags: Tensor) -> None:
+        """From now on every batch is half anchors and half companions: each anchor (in the
+        epoch's order, every image once) brings one image drawn from its row of ``bags``
+        (n×K indices into the training split; BINGO's bags of neighbours). Each process's
+        share of a batch holds its anchors, then their companions in the same order."""
+        if self.batch_size % (2 * self.world):
+            raise ValueError(f"batch size {self.batch_size}: anchors and companions need an even share per process")
+        if bags.shape[0] != len(self.train):
+            raise ValueError(f"{bags.shape[0]} bags for {len(self.train)} training images")
+        self.bags = bags.cpu()
+
     def __len__(self) -> int:
-        return len(self.train) // self.batch_size
+        per_batch = self.batch_size // 2 if self.bags is not None else self.batch_size
+        return len(self.train) // per_batch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.step = epoch, 0
@@ -174,13 +187,31 @@ class Loader:
     def __iter__(self) -> Iterator[ViewBatch]:
         order = epoch_permutation(len(self.train), self.seed, self.epoch)
         offset = self.rank * (self.batch_size // self.world)
-        batches = [order[s * self.batch_size : (s + 1) * self.batch_size] for s in range(self.step, len(self))]
+        if self.bags is None:
+            batches = [order[s * self.batch_size : (s + 1) * self.batch_size] for s in range(self.step, len(self))]
+        else:
+            batches = self._with_companions(order, self.bags)
         shares = [batch[offset : offset + self.batch_size // self.world] for batch in batches]
         for batch, share, images in zip(batches, shares, stream(self.train, shares), strict=True):
             self.step += 1  # a checkpoint taken after this batch resumes at the next
             views, meta = self.recipe(images, self.train.sizes[batch], self.generator, offset)
             index = share.to(self.device, non_blocking=True)
             yield ViewBatch(views, self.train.indices[index], self.train.labels[index], meta)
+
+    def _with_companions(self, order: Tensor, bags: Tensor) -> list[Tensor]:
+        """The remaining batches of the epoch, each process's share anchors then companions.
+        The companions of a step are drawn when the step is (from a generator seeded by the
+        seed, epoch and step), so a resumed epoch draws the ones it would have."""
+        anchors_per_batch, share = self.batch_size // 2, self.batch_size // (2 * self.world)
+        batches = []
+        for step in range(self.step, len(self)):
+            anchors = order[step * anchors_per_batch : (step + 1) * anchors_per_batch]
+            draw = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, step])
+                                                     .generate_state(1)[0]))
+            companions = bags[anchors, torch.randint(bags.shape[1], (len(anchors),), generator=draw)]
+            batches.append(torch.cat([torch.cat([a, c]) for a, c in zip(anchors.split(share), companions.split(share),
+                                                                          strict=True)]))
+        return batches
 
     def eval_loader(self, split: str, batch_size: int) -> Iterator[ViewBatch]:
         """Deterministic, un-augmented, normalised batches of this rank's shard of a split:

@@ -20,6 +20,9 @@ Needs the [report] extra (matplotlib). Reads every ``summary.json`` under the gi
   deviation (``--band range``: min–max); a curve of at most 20 points has markers; the legend
   lies outside the panels (beside them, below them when long);
 - ``throughput.png``: training images/s per row.
+- Where there are distilled students (runs with a ``method.teacher``), a second table: each
+  beside the same student trained alone (the rows of the same data set and ``model.arch``
+  without a teacher) and beside its teacher (the teacher's kNN, monitored in the same run).
 
 Wall-clock time at each record is rebuilt from the log: the running training seconds of the
 last logged window plus the evaluations' seconds (``curves``). Every file is written under a
@@ -236,6 +239,38 @@ def table(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
+def distillation_table(cells: list[Cell]) -> str | None:
+    """Distilled students (kNN last %) beside the same student trained alone and beside their
+    teacher; None without distilled students."""
+    def arch(cell: Cell) -> str:
+        return json.loads(cell.config.get("model.arch", '"resnet18"'))
+
+    def knn(cell: Cell, network: str) -> str:
+        return mean_std(values(cell, lambda r: r.summary["knn"][network]["last"]))
+
+    def teacher(cell: Cell) -> str | None:
+        return json.loads(cell.config.get("method.teacher", "null"))
+
+    def label(cell: Cell) -> str:  # the row's label, without the architecture the table names
+        setting = ", ".join(part for part in cell.setting.split(", ") if part and not part.startswith("model.arch="))
+        return cell.method + (f" ({setting})" if setting else "")
+
+    def teacher_name(path: str) -> str:  # a checkpoint by its run's folder
+        return Path(path).parent.name if path.endswith(".pt") and "checkpoint" in Path(path).name else Path(path).name
+
+    distilled = [cell for cell in cells if teacher(cell)]
+    if not distilled:
+        return None
+    lines = ["| student | data set | method | kNN % | the same student alone: kNN % | teacher | teacher kNN % |",
+             "|---|---|---|---:|---|---|---:|"]
+    for cell in distilled:
+        alone = [c for c in cells if c.data == cell.data and arch(c) == arch(cell) and not teacher(c)]
+        alone_text = "; ".join(f"{label(c)} {knn(c, 'student')}" for c in alone) or "–"
+        lines.append(f"| {arch(cell)} | {cell.data} | {label(cell)} | {knn(cell, 'student')} | {alone_text} | "
+                     f"{teacher_name(str(teacher(cell)))} | {knn(cell, 'teacher')} |")
+    return "\n".join(lines)
+
+
 # --- curves from metrics.jsonl -------------------------------------------------------------
 
 
@@ -411,6 +446,7 @@ def main(args: list[str] | None = None) -> str:
     try:
         cells = group(find_runs(cfg.runs))
         text = table(cells)
+        distilled = distillation_table(cells)
         curve_figures = {f"curves_vs_{axis}.png": curve_figure(cells, axis == "time", cfg.band)
                          for axis in ("epoch", "time")}
         figures = {name: figure for name, figure in curve_figures.items() if figure is not None}
@@ -428,6 +464,10 @@ def main(args: list[str] | None = None) -> str:
         "Curves: one line per row, the mean over its seeds at the epochs every seed logged, in a band of "
         + ("± 1 sample standard deviation" if cfg.band == "std" else "min–max") + "; wall-clock minutes are the "
         "training seconds of metrics.jsonl plus its evaluations' seconds.",
+        *([] if distilled is None else [
+            "## Distilled students", distilled,
+            "kNN last %. Alone: the rows of the same data set and student architecture trained without a teacher; "
+            "teacher: its kNN as the student's run monitored it (the same evaluation images)."]),
         *(f"![{name[:-4]}]({name})" for name in figures),
     ]) + "\n"
     try:
@@ -440,7 +480,7 @@ def main(args: list[str] | None = None) -> str:
         fail(PROGRAM, f"--out {cfg.out}: cannot write ({error})")
     finally:
         plt.close("all")
-    print(text)
+    print(text if distilled is None else f"{text}\n\n{distilled}")
     print(f"\nwritten: {cfg.out / 'results.md'} and {len(figures)} plots")
     return markdown
 

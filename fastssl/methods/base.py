@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,9 @@ from fastssl.models.heads import Prototypes
 from fastssl.train.optim import decay_groups
 from fastssl.train.schedule import cosine_ramp
 from pipelines.batch import ViewBatch
+
+if TYPE_CHECKING:
+    from pipelines.loader import Loader
 
 
 @dataclass(kw_only=True)
@@ -265,6 +268,10 @@ class Method(nn.Module):
 
     def forward(self, batch: ViewBatch) -> MethodOutput:
         raise NotImplementedError
+
+    def prepare(self, loader: Loader) -> None:
+        """Work done once before training (and again on resuming), with the training data at
+        hand: BINGO's bags of neighbours. Nothing for most methods."""
 
     def before_step(self, progress: Progress) -> None:
         """Schedules and updates that must precede the forward pass."""

@@ -15,7 +15,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from fastssl.models.norm import norm_layer
 
 LAYERS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
 }
 
 

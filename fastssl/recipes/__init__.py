@@ -111,7 +111,7 @@ class Recipe:
 
 
 _REGISTRY: dict[str, Recipe] = {}
-_NOT_RECIPES = {"base", "memory"}  # modules of fastssl/methods that declare no method
+_NOT_RECIPES = {"base", "memory", "distillation"}  # modules of fastssl/methods that declare no method
 
 
 def register(

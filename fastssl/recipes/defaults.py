@@ -16,6 +16,7 @@ from fastssl.config import (
     MultiCropTrainConfig,
     OptimConfig,
     SecondViewTrainConfig,
+    SingleViewTrainConfig,
     TrainConfig,
     WeakViewTrainConfig,
     with_views,
@@ -37,6 +38,8 @@ from pipelines.spec import (
 MINI_SSL_VIEWS = Views(TrainConfig, {})
 # The same two views held as a first and a second one, so that a preset can make them differ.
 MINI_SSL_PAIR = Views(SecondViewTrainConfig, {})
+# One Mini-SSL view of each image, for a student and its frozen teacher alike (distillation).
+ONE_VIEW = Views(SingleViewTrainConfig, {})
 # Mini-SSL's strong view for the student and its weak one for the teacher (get_weak_augment:
 # crop and a flip with p 0.9, no colour): its ``--weak`` runs of MSF, ReSSL and SCE.
 MINI_SSL_STRONG_WEAK = Views(WeakViewTrainConfig, {})

@@ -47,6 +47,7 @@ from fastssl.train import checkpoint
 from fastssl.train.build import RunError, build
 from fastssl.train.checkpoint import DamagedCheckpoint
 from fastssl.train.loop import Loop, Stopped, standard_error_pct
+from fastssl.weights import CheckpointError
 from pipelines.dataset import DatasetError
 
 
@@ -74,7 +75,8 @@ def main(name: str, args: list[str] | None = None) -> dict[str, Any]:
     except Stopped as stop:  # by a signal, its checkpoint written
         print(f"{program}: {stop}", file=sys.stderr)
         raise SystemExit(stop.status) from None
-    except (RunError, DatasetError, RunFolderError, ConfigError, UnknownRecipe, ValueError, ImportError) as error:
+    except (RunError, DatasetError, RunFolderError, ConfigError, UnknownRecipe, CheckpointError, ValueError,
+            ImportError) as error:
         fail(program, error)
 
 

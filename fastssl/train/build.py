@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -21,6 +21,7 @@ from fastssl.config import TrainConfig
 from fastssl.distributed import convert_sync_bn
 from fastssl.eval.online import OnlineProbe
 from fastssl.methods.base import Method
+from fastssl.methods.distillation import Distiller
 from fastssl.models.backbone import backbone_from_config
 from fastssl.models.norm import split_bn_group_size
 from fastssl.run_folder import run_dir_of
@@ -106,7 +107,13 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
     if m.norm == "sync_bn":
         backbone = convert_sync_bn(backbone)  # type: ignore[assignment]
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
-    method: Method = recipe.method(cfg.method, backbone)
+    make: Any = recipe.method
+    # A distiller: its teacher converts the student's views and may need the data.
+    if isinstance(make, type) and issubclass(make, Distiller):
+        distiller: Any = make  # (narrowed to Distiller, whose subclasses take the backbone too)
+        method: Method = distiller(cfg.method, backbone, views.first, cfg.data)
+    else:
+        method = make(cfg.method, backbone)
     # With several processes every plain BN layer (heads, the teacher's copies, a `bn`
     # backbone) sees the whole global batch, as in one process: SyncBatchNorm, in place.
     # Split-BN layers stay per process (their fixed-size groups are one process's either way).
@@ -114,6 +121,8 @@ def build(recipe: Recipe, cfg: TrainConfig) -> Parts:
     if not m.joint_views:
         method.call_per_view(o.batch_size // world)
     method = method.to(accelerator.device).to(memory_format=memory_format)
+    with accelerator.autocast():
+        method.prepare(loader)
     if o.accumulate_steps > 1 and not method.accumulation_safe:
         raise RunError(
             f"--optim.accumulate-steps {o.accumulate_steps}: {recipe.name}'s loss depends on the whole "

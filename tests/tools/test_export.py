@@ -1,6 +1,6 @@
-"""Export: the student backbone loads strictly into torchvision's ResNet (CIFAR-adapted as the
-model card says), timm's ViT and back through fastssl.weights with identical features; the
-model card's fields; bad input."""
+"""Export: the student backbone loads strictly into torchvision's ResNet, MobileNet or
+EfficientNet (CIFAR-adapted as the model card says), timm's ViT and back through
+fastssl.weights with identical features; the model card's fields; bad input."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fastssl.config import ModelConfig, TrainConfig, to_json
-from fastssl.export import export
+from fastssl.export import build_snippet, export
 from fastssl.methods.mocov2 import MoCoV2Config
 from fastssl.models.backbone import backbone_from_config
 from fastssl.weights import load_backbone
@@ -40,6 +40,10 @@ def hand_made_checkpoint(path: Path, model: ModelConfig) -> torch.nn.Module:
             tensor.uniform_(-0.5, 0.5)
         elif name.endswith(("running_var", "bn1.weight", "bn2.weight", "bn3.weight")):
             tensor.uniform_(0.5, 2.0)
+    with torch.no_grad():  # every BN's γ (torchvision's MobileNets name theirs by position)
+        for module in backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 2.0)
     config = to_json(TrainConfig(data=Path("/data/x"), method=MoCoV2Config(), model=model))
     method = {f"student.backbone.{k}": v for k, v in backbone.state_dict().items()}
     torch.save({"method_name": "mocov2", "method": method, "config": config, "epoch_done": 3}, path)
@@ -59,6 +63,60 @@ def test_resnet_loads_strictly_into_torchvision_with_identical_features(cifar_st
     with torch.no_grad():
         torch.testing.assert_close(torchvision_model(images), ours(images), rtol=0, atol=0)
         torch.testing.assert_close(reloaded(images), ours(images), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch,cifar_stem,size,feature_dim", [
+    ("mobilenet_v2", True, 32, 1280),
+    ("mobilenet_v3_small", True, 32, 576),  # the CIFAR stem gives features[1] its identity shortcut
+    ("efficientnet_b0", False, 64, 1280),
+])
+def test_torchvision_students_load_strictly_with_identical_features(arch, cifar_stem, size, feature_dim, tmp_path,
+                                                                    monkeypatch):
+    model = ModelConfig(arch=arch, cifar_stem=cifar_stem)
+    ours = hand_made_checkpoint(tmp_path / "checkpoint.pt", model)
+    card = export(tmp_path / "checkpoint.pt", tmp_path / "export")
+    build = card["weights"]["build"]
+    assert card["weights"]["loads_into"] == card["weights"]["names"] == "torchvision"
+    assert card["feature_dim"] == feature_dim and card["architecture"] == arch
+    assert f"torchvision.models.{arch}()" in build and "model.classifier = torch.nn.Identity()" in build
+    assert "conv1" not in build and "model.fc" not in build and "maxpool" not in build
+    assert ("stride = (1, 1)" in build) == cifar_stem
+    torchvision_model = built_model(card, tmp_path / "export", monkeypatch)  # load_state_dict is strict
+    reloaded = load_backbone(tmp_path / "export").network
+    images = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        expected = ours(images)
+        assert expected.shape == (3, feature_dim)
+        torch.testing.assert_close(torchvision_model(images), expected, rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(images), expected, rtol=0, atol=0)
+
+
+def test_the_cifar_stem_lines_are_torchvision_nets_strides():
+    """The build lines' changes to torchvision's model, read off TorchvisionNet (the convolutions
+    tests/models/test_students.py checks); the ImageNet stem changes nothing."""
+    expected = {
+        "mobilenet_v2": ["model.features[0][0].stride = (1, 1)", "model.features[2].conv[1][0].stride = (1, 1)"],
+        "mobilenet_v3_small": ["model.features[0][0].stride = (1, 1)", "model.features[1].use_res_connect = True",
+                               "model.features[1].block[0][0].stride = (1, 1)"],
+        "efficientnet_b0": ["model.features[0][0].stride = (1, 1)"],
+    }
+    for arch, changes in expected.items():
+        for cifar_stem in (True, False):
+            lines = build_snippet(ModelConfig(arch=arch, cifar_stem=cifar_stem), 32).splitlines()
+            assert lines == ["import torch, torchvision", f"model = torchvision.models.{arch}()",
+                             *(changes if cifar_stem else []), "model.classifier = torch.nn.Identity()",
+                             "model.load_state_dict(torch.load('backbone.pt'))"], (arch, cifar_stem)
+
+
+def test_resnet34_loads_into_torchvisions_resnet34(tmp_path, monkeypatch):
+    ours = hand_made_checkpoint(tmp_path / "checkpoint.pt", ModelConfig(arch="resnet34"))
+    card = export(tmp_path / "checkpoint.pt", tmp_path / "export")
+    assert card["weights"]["loads_into"] == "torchvision"
+    assert "torchvision.models.resnet34()" in card["weights"]["build"]
+    torchvision_model = built_model(card, tmp_path / "export", monkeypatch)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torchvision_model(images), ours(images), rtol=0, atol=0)
 
 
 def test_vit_loads_strictly_into_timm_with_identical_features(tmp_path, monkeypatch):

@@ -146,3 +146,24 @@ def test_runs_differing_only_in_bookkeeping_pool_and_a_checkpoint_names_its_run(
     (first / "checkpoint.pt").write_bytes(b"")
     (cell,) = tool.group(tool.find_runs((first / "checkpoint.pt", second)))
     assert len(cell.runs) == 2 and cell.setting == ""
+
+
+def test_distilled_students_sit_beside_the_same_student_alone_and_their_teacher(tmp_path):
+    root = tmp_path / "runs"
+
+    def student(name: str, method: str, arch: str, knn: float, teacher: str | None = None) -> None:
+        folder = make_run(root, name, method, 1, (knn, knn), 500.0)
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["config"]["model"] = {"arch": arch}
+        if teacher is not None:
+            summary["config"]["method"]["teacher"] = teacher
+            summary["knn"]["teacher"] = {"last": 70.0, "best": 71.0}
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    student("seed-mnv2", "seed", "mobilenet_v2", 55.0, "/runs/mocov2-r18/checkpoint.pt")
+    student("moco-mnv2", "mocov2", "mobilenet_v2", 45.0)
+    student("moco-r18", "mocov2", "resnet18", 70.0)
+    markdown = tool.main([str(root), "--out", str(tmp_path / "report")])
+    section = markdown.split("## Distilled students")[1]
+    assert "| mobilenet_v2 | cifar10 | seed | 55.00 | mocov2 45.00 | mocov2-r18 | 70.00 |" in section
+    assert "resnet18 70" not in section  # another student architecture is not "the same student"
