@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The distillation benchmark of issue 16 on this CPU (benchmarks/results.md).
 set -euo pipefail
-cd /work/main
+cd "$(dirname "$0")/../.."
 P=.venv/bin/python
 OUT=runs/distill
 [ -d data/demo-cifar10 ] || $P tools/convert.py demo/cifar10-sample.tar.gz data/demo-cifar10
