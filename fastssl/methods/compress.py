@@ -25,13 +25,14 @@ from typing import Literal
 
 from torch import nn
 
-from fastssl.config import OptimConfig, SingleViewTrainConfig
+from fastssl.config import OptimConfig
 from fastssl.losses.distillation import compress_1q_loss, compress_2q_loss
 from fastssl.methods.base import EMATeacher, Encoder, MethodOutput, Progress
 from fastssl.methods.distillation import Distiller, TeacherConfig
 from fastssl.methods.memory import FeatureQueue
 from fastssl.models.backbone import Backbone
-from fastssl.recipes import Views, register
+from fastssl.recipes import register
+from fastssl.recipes.defaults import one_crop_and_flip
 from pipelines.batch import ViewBatch
 from pipelines.spec import ViewConfig
 
@@ -91,7 +92,6 @@ class CompRess(Distiller):
 register(
     "compress", CompRess, CompRessConfig,
     summary="CompRess: the student matches the teacher's similarities to a memory (1q or 2q)",
-    views=Views(SingleViewTrainConfig, {"views": ViewConfig(crop_scale=(0.08, 1.0), jitter_p=0.0, grayscale_p=0.0,
-                                                            blur_p=0.0)}),
+    views=one_crop_and_flip((0.08, 1.0)),
     optim=OptimConfig(epochs=130, lr_per_256=0.01, weight_decay=1e-4, warmup_epochs=0.0),
 )

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from torch import nn
 
-from fastssl.config import OptimConfig, SingleViewTrainConfig
+from fastssl.config import OptimConfig
 from fastssl.losses.distillation import simreg_loss
 from fastssl.methods.base import Encoder, MethodOutput
 from fastssl.methods.distillation import Distiller, TeacherConfig
 from fastssl.models.backbone import Backbone
-from fastssl.recipes import Views, register
+from fastssl.recipes import register
+from fastssl.recipes.defaults import one_crop_and_flip
 from pipelines.batch import ViewBatch
 from pipelines.spec import ViewConfig
 
@@ -71,7 +72,6 @@ class SimReg(Distiller):
 register(
     "simreg", SimReg, SimRegConfig,
     summary="SimReg: the student regresses the teacher's features through a deeper prediction head",
-    views=Views(SingleViewTrainConfig, {"views": ViewConfig(crop_scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0,
-                                                            blur_p=0.0)}),
+    views=one_crop_and_flip((0.2, 1.0)),
     optim=OptimConfig(epochs=130, lr_per_256=0.05, weight_decay=1e-4, warmup_epochs=0.0),
 )

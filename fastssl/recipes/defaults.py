@@ -40,6 +40,13 @@ MINI_SSL_VIEWS = Views(TrainConfig, {})
 MINI_SSL_PAIR = Views(SecondViewTrainConfig, {})
 # One Mini-SSL view of each image, for a student and its frozen teacher alike (distillation).
 ONE_VIEW = Views(SingleViewTrainConfig, {})
+
+
+def one_crop_and_flip(scale: tuple[float, float]) -> Views:
+    """One view of each image, a crop of ``scale`` and a flip, no colour (CompRess's and
+    SimReg's weak view, for the student and the teacher alike)."""
+    return Views(SingleViewTrainConfig, {"views": ViewConfig(crop_scale=scale, jitter_p=0.0, grayscale_p=0.0,
+                                                             blur_p=0.0)})
 # Mini-SSL's strong view for the student and its weak one for the teacher (get_weak_augment:
 # crop and a flip with p 0.9, no colour): its ``--weak`` runs of MSF, ReSSL and SCE.
 MINI_SSL_STRONG_WEAK = Views(WeakViewTrainConfig, {})
